@@ -1,0 +1,87 @@
+"""Atomic writes and stable hashes: an interrupted run never leaves a half-written file behind."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp_path)`` and rename the result onto ``path`` only once it is complete."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        write(tmp_path)
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+    return path
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def _json_default(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return dataclasses.asdict(obj)
+    if isinstance(obj, Path):
+        return obj.as_posix()
+    if hasattr(obj, "item"):  # numpy scalars
+        return obj.item()
+    if hasattr(obj, "tolist"):  # numpy arrays
+        return obj.tolist()
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def to_json(obj: Any, indent: int | None = 2) -> str:
+    return json.dumps(obj, indent=indent, sort_keys=True, default=_json_default, allow_nan=True)
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    return write_text(path, to_json(obj) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def write_table(path: str | Path, df: pd.DataFrame) -> Path:
+    """Save a DataFrame as parquet or CSV, chosen by the file suffix."""
+    path = Path(path)
+    if path.suffix == ".parquet":
+        return atomic_write(path, lambda p: df.to_parquet(p, index=False))
+    if path.suffix == ".csv":
+        return atomic_write(path, lambda p: df.to_csv(p, index=False))
+    raise ValueError(f"unsupported table format {path.suffix!r}: use .parquet or .csv")
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    path = Path(path)
+    return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+
+
+def stable_hash(obj: Any, length: int = 16) -> str:
+    """Hash of the canonical JSON form of ``obj``: equal configs give equal keys across runs and machines."""
+    canonical = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=_json_default)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:length]
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
