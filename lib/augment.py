@@ -1,0 +1,170 @@
+"""Training-time augmentation on whole uint8 batches, with per-sample random parameters.
+
+Only the training path calls an ``AugmentPolicy``; evaluation loaders take none, so validation and
+test pixels are exactly the cached ones. Order: resized crop + flip (one affine resampling), colour
+jitter, Gaussian blur, Gaussian noise, then JPEG re-compression last, as a real publishing pipeline
+compresses after every other edit.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torchvision.transforms.functional import rgb_to_grayscale
+
+
+@dataclass(frozen=True)
+class AugmentPolicy:
+    """Per-sample augmentation parameters (all off except horizontal flips by default).
+
+    crop_scale: area fraction range of RandomResizedCrop ((1, 1) = off), crop_ratio its aspect range.
+    brightness/contrast/saturation: factor drawn in [1 - v, 1 + v] per sample (0 = off).
+    jpeg_p: probability of re-compressing a sample at a quality drawn in jpeg_quality (inclusive).
+    blur_p: probability of a Gaussian blur with sigma drawn in blur_sigma (pixels).
+    noise_std: additive Gaussian noise, std drawn per sample in [0, noise_std] (pixel scale 0..1).
+    """
+
+    hflip_p: float = 0.5
+    crop_scale: tuple[float, float] = (1.0, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    brightness: float = 0.0
+    contrast: float = 0.0
+    saturation: float = 0.0
+    jpeg_p: float = 0.0
+    jpeg_quality: tuple[int, int] = (60, 95)
+    blur_p: float = 0.0
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    noise_std: float = 0.0
+
+    def __post_init__(self) -> None:
+        # Tuples may arrive as lists (from YAML/JSON): normalise so equal policies hash equal.
+        for name in ("crop_scale", "crop_ratio", "jpeg_quality", "blur_sigma"):
+            value = tuple(getattr(self, name))
+            if len(value) != 2 or value[0] > value[1]:
+                raise ValueError(f"AugmentPolicy.{name} must be a (low, high) pair with low <= high, got {value}")
+            object.__setattr__(self, name, value)
+        for name in ("hflip_p", "jpeg_p", "blur_p"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"AugmentPolicy.{name} must be a probability in [0, 1], got {getattr(self, name)}")
+        if not 0.0 < self.crop_scale[0] <= self.crop_scale[1] <= 1.0:
+            raise ValueError(f"AugmentPolicy.crop_scale must lie in (0, 1], got {self.crop_scale}")
+        if not 1 <= self.jpeg_quality[0] <= self.jpeg_quality[1] <= 100:
+            raise ValueError(f"AugmentPolicy.jpeg_quality must lie in 1..100, got {self.jpeg_quality}")
+        if self.blur_sigma[0] <= 0:
+            raise ValueError(f"AugmentPolicy.blur_sigma must be > 0, got {self.blur_sigma}")
+        for name in ("brightness", "contrast", "saturation", "noise_std"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"AugmentPolicy.{name} must be >= 0, got {getattr(self, name)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> "AugmentPolicy | None":
+        return None if d is None else cls(**d)
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Augment a uint8 (B, 3, H, W) batch; returns a new uint8 batch of the same shape."""
+        if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"AugmentPolicy expects a uint8 (B, 3, H, W) batch, got {x.dtype} {tuple(x.shape)}")
+        b = x.shape[0]
+        if b == 0:
+            return x.clone()
+        g = generator
+
+        def uniform(low: float, high: float, n: int = b) -> torch.Tensor:
+            return low + (high - low) * torch.rand(n, generator=g)
+
+        flip = torch.rand(b, generator=g) < self.hflip_p
+        y = x.float().div_(255.0)
+
+        if self.crop_scale != (1.0, 1.0):
+            y = self._resized_crop(y, flip, uniform)
+        elif bool(flip.any()):
+            y = torch.where(flip.view(b, 1, 1, 1), y.flip(-1), y)
+
+        if self.brightness > 0:
+            f = uniform(1 - self.brightness, 1 + self.brightness).view(b, 1, 1, 1)
+            y = (y * f).clamp_(0, 1)
+        if self.contrast > 0:
+            f = uniform(1 - self.contrast, 1 + self.contrast).view(b, 1, 1, 1)
+            m = rgb_to_grayscale(y).mean(dim=(1, 2, 3), keepdim=True)
+            y = ((y - m) * f + m).clamp_(0, 1)
+        if self.saturation > 0:
+            f = uniform(1 - self.saturation, 1 + self.saturation).view(b, 1, 1, 1)
+            gray = rgb_to_grayscale(y)
+            y = ((y - gray) * f + gray).clamp_(0, 1)
+
+        if self.blur_p > 0:
+            sel = torch.rand(b, generator=g) < self.blur_p
+            sigma = uniform(*self.blur_sigma)
+            if bool(sel.any()):
+                y = y.clone()
+                y[sel] = _gaussian_blur(y[sel], sigma[sel])
+
+        if self.noise_std > 0:
+            std = uniform(0.0, self.noise_std).view(b, 1, 1, 1)
+            y = (y + std * torch.randn(y.shape, generator=g)).clamp_(0, 1)
+
+        out = y.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8)
+
+        if self.jpeg_p > 0:
+            sel = torch.rand(b, generator=g) < self.jpeg_p
+            low, high = self.jpeg_quality
+            quality = torch.randint(low, high + 1, (b,), generator=g)
+            for i in torch.nonzero(sel).flatten().tolist():  # per sample: each has its own quality
+                out[i] = _jpeg_roundtrip(out[i], int(quality[i]))
+        return out
+
+    def _resized_crop(self, y: torch.Tensor, flip: torch.Tensor, uniform) -> torch.Tensor:
+        """RandomResizedCrop for the whole batch as one affine_grid + grid_sample (flip folded in)."""
+        b = y.shape[0]
+        area = uniform(*self.crop_scale)
+        log_ratio = uniform(math.log(self.crop_ratio[0]), math.log(self.crop_ratio[1]))
+        ratio = torch.exp(log_ratio)
+        # Crop width/height as fractions of the side; clamp keeps the crop inside the image.
+        w = torch.sqrt(area * ratio).clamp(max=1.0)
+        h = torch.sqrt(area / ratio).clamp(max=1.0)
+        cx = uniform(-1.0, 1.0) * (1 - w)  # centre in normalised [-1, 1] coordinates
+        cy = uniform(-1.0, 1.0) * (1 - h)
+        theta = torch.zeros(b, 2, 3)
+        theta[:, 0, 0] = torch.where(flip, -w, w)
+        theta[:, 0, 2] = cx
+        theta[:, 1, 1] = h
+        theta[:, 1, 2] = cy
+        grid = F.affine_grid(theta, list(y.shape), align_corners=False)
+        return F.grid_sample(y, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def _gaussian_blur(y: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Blur each sample with its own sigma: separable grouped convolution, one kernel per sample."""
+    n, c, h, w = y.shape
+    radius = int(math.ceil(3 * float(sigma.max())))
+    radius = max(1, min(radius, (min(h, w) - 1)))  # reflect padding needs radius < side
+    t = torch.arange(-radius, radius + 1, dtype=y.dtype)
+    k = torch.exp(-0.5 * (t.view(1, -1) / sigma.view(-1, 1)) ** 2)
+    k = (k / k.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)  # (n*c, K)
+    z = y.reshape(1, n * c, h, w)
+    z = F.pad(z, (radius, radius, radius, radius), mode="reflect")
+    z = F.conv2d(z, k.view(n * c, 1, 1, -1), groups=n * c)
+    z = F.conv2d(z, k.view(n * c, 1, -1, 1), groups=n * c)
+    return z.reshape(n, c, h, w)
+
+
+def _jpeg_roundtrip(img: torch.Tensor, quality: int) -> torch.Tensor:
+    """Encode/decode one (3, H, W) uint8 image as JPEG with PIL.
+
+    PIL rather than torchvision.io: torchvision 0.29 deprecates its JPEG codec (to be removed).
+    """
+    buf = io.BytesIO()
+    Image.fromarray(img.permute(1, 2, 0).numpy()).save(buf, format="JPEG", quality=quality)
+    buf.seek(0)
+    with Image.open(buf) as decoded:
+        return torch.from_numpy(np.asarray(decoded.convert("RGB")).copy()).permute(2, 0, 1)
