@@ -43,7 +43,7 @@ def cache_key(manifest: pd.DataFrame, recipe: Recipe, boxes: np.ndarray | None =
     if recipe.mode == "letterbox" and recipe.letterbox_apply_to == "real":
         parts["labels"] = stable_hash(manifest["label"].astype(int).tolist(), length=32)
     if boxes is not None:
-        parts["boxes"] = stable_hash(np.round(np.asarray(boxes, dtype=np.float64), 3), length=32)
+        parts["boxes"] = stable_hash(np.round(np.asarray(boxes, dtype=np.float64), 3).tolist(), length=32)
     return stable_hash(parts)
 
 

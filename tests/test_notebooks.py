@@ -1,0 +1,45 @@
+"""Every numbered notebook executes on the smoke profile, and what it saves is checked."""
+
+import json
+
+import pandas as pd
+import pytest
+
+import run_all
+from lib.paths import report_dir
+
+pytestmark = pytest.mark.notebooks
+PROFILE = "smoke"
+
+
+@pytest.fixture(scope="module")
+def smoke_reports():
+    code = run_all.main(["--profile", PROFILE])
+    out = report_dir(PROFILE)
+    assert code == 0, f"smoke run failed; see {out}/run_log.json"
+    return out
+
+
+def test_every_notebook_rendered(smoke_reports):
+    log = json.loads((smoke_reports / "run_log.json").read_text())
+    for nb in run_all.numbered_notebooks():
+        assert log["notebooks"][nb.stem]["status"] == "ok"
+        assert (smoke_reports / f"{nb.stem}.html").stat().st_size > 10_000
+    index = (smoke_reports / "index.html").read_text()
+    assert all(nb.stem in index for nb in run_all.numbered_notebooks())
+
+
+def test_eda_flags_planted_geometry_shortcut(smoke_reports):
+    probe = json.loads((smoke_reports / "tables" / "eda_shortcut_probe.json").read_text())
+    # The embedded smoke build plants the geometry shortcut (real rectangular, fakes square).
+    assert probe["flagged"] is True
+    assert probe["auc_ci_low"] > 0.6
+    counts = pd.read_csv(smoke_reports / "tables" / "eda_counts.csv")
+    assert set(counts["cls"]) == {"real", "fake"}
+
+
+def test_preprocessing_saves_normalisation_and_sound_splits(smoke_reports):
+    norm = json.loads((smoke_reports / "tables" / "normalization.json").read_text())
+    assert len(norm["real_train"]["mean"]) == 3 and all(0 < m < 1 for m in norm["real_train"]["mean"])
+    rates = pd.read_csv(smoke_reports / "tables" / "face_detection_rates.csv")
+    assert rates["rate"].between(0, 1).all()
