@@ -7,7 +7,7 @@ Conversion rules (chosen once, so every model sees the same pixels):
 - 16-bit greyscale (``I;16*``) is scaled to 8 bits (65535 -> 255), never clipped. ``I`` (32-bit int) is treated as
   16-bit when its values fit 0..65535 (PIL's older reading of 16-bit PNGs), otherwise min-max scaled; ``F`` likewise
   (0..1 floats scaled by 255).
-- Transparency (``RGBA``, ``LA``, ``PA``, palette images with a ``transparency`` entry) is composited on WHITE:
+- Transparency (``RGBA``, ``LA``, ``PA``, palettes with a transparent index, RGB/L colour keys) is composited on WHITE:
   that is how browsers and viewers show such files, and a fixed colour avoids a background that depends on the
   (undefined) colour hidden under alpha = 0.
 - Animated files: the first frame.
@@ -160,14 +160,14 @@ def _composite_on_white(rgba: np.ndarray) -> np.ndarray:
 
 def _to_rgb_array(image: Image.Image) -> np.ndarray:
     mode = image.mode
-    if mode == "RGB":
-        return np.asarray(image, dtype=np.uint8)
     if mode.startswith("I") or mode == "F":
         grey = _to_uint8_grey(np.asarray(image), mode)
         return np.repeat(grey[..., None], 3, axis=2)
     # Covers alpha modes, palettes with a transparent index or an RGBA palette, and RGB/L with a tRNS colour key.
     if image.has_transparency_data:
         return _composite_on_white(np.asarray(image.convert("RGBA"), dtype=np.uint8))
+    if mode == "RGB":
+        return np.asarray(image, dtype=np.uint8)
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 

@@ -44,6 +44,20 @@ def test_rgba_composited_on_white(odd_files):
     assert (pixels[:, 8:] == 255).all()
 
 
+def test_rgb_colour_key_transparency(tmp_path):
+    array = np.zeros((8, 8, 3), dtype=np.uint8)
+    array[:4] = (10, 20, 30)                              # the colour key: transparent
+    array[4:] = (40, 50, 60)
+    Image.fromarray(array).save(tmp_path / "key.png", transparency=(10, 20, 30))
+    pixels = load_rgb(tmp_path / "key.png")
+    assert (pixels[:4] == 255).all() and (pixels[4:] == (40, 50, 60)).all()
+
+
+def test_cmyk_black_becomes_black(tmp_path):
+    Image.new("CMYK", (16, 16), (0, 0, 0, 255)).save(tmp_path / "k.jpg", quality=95)
+    assert load_rgb(tmp_path / "k.jpg").max() <= 5
+
+
 def test_half_alpha_blend(tmp_path):
     rgba = np.zeros((8, 8, 4), dtype=np.uint8)
     rgba[..., 3] = 128
