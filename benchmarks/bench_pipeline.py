@@ -143,7 +143,7 @@ def main() -> None:
         mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
         std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
         x_all = (torch.from_numpy(np.array(images)).float() / 255 - mean) / std
-        y_all = torch.from_numpy(labels).float()
+        y_all = torch.tensor(labels, dtype=torch.float32)
         in_memory = [(x_all[i : i + args.batch_size], y_all[i : i + args.batch_size])
                      for i in range(0, steps_per_epoch * args.batch_size, args.batch_size)]
 
