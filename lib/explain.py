@@ -15,6 +15,7 @@ Target semantics for a one-logit head (logit > 0 means "fake"): `target="fake"` 
 
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -93,12 +94,16 @@ def compute_cams(
     cams: list[np.ndarray] = []
     try:
         model.eval()
-        with torch.enable_grad(), CAM_METHODS[method](model=model, target_layers=layers, reshape_transform=reshape) as cam:
+        # gradients are the method: switch them on even when called under torch.no_grad() / inference_mode()
+        with torch.inference_mode(False), torch.enable_grad(), \
+                CAM_METHODS[method](model=model, target_layers=layers, reshape_transform=reshape) as cam:
             for lo in tqdm(range(0, n, batch_size), desc=f"{method} {model_name}", leave=False, disable=not progress):
                 # a fresh leaf that requires grad: the target layer's output then carries gradients even when the
                 # model's parameters are frozen (pytorch-grad-cam only records gradients of tensors that need them)
                 xb = x[lo:lo + batch_size].detach().to(device, dtype=torch.float32).clone().requires_grad_(True)
                 cams.append(cam(input_tensor=xb, targets=[_OneLogitTarget(category)] * len(xb)))
+                if lo == 0:
+                    _warn_if_single_cell(cam.activations_and_grads.activations, model_name, (height, width))
     finally:
         model.train(was_training)
         model.zero_grad(set_to_none=True)  # the backward passes left parameter gradients behind
@@ -111,6 +116,13 @@ def compute_cams(
     if out.shape != (n, height, width):
         raise RuntimeError(f"Grad-CAM returned maps of shape {out.shape[1:]}, expected {(height, width)}")
     return np.clip(out, 0.0, 1.0)  # the library's min-max scaling can overshoot 1 by float rounding
+
+
+def _warn_if_single_cell(activations: list[torch.Tensor], model_name: str, size: tuple[int, int]) -> None:
+    # a 1x1 target map is constant, so min-max scaling turns every CAM into zeros: say so instead of plotting blanks
+    if any(a.shape[-2:].numel() == 1 for a in activations):
+        warnings.warn(f"{model_name}'s Grad-CAM layer is 1x1 at input size {size}: the CAMs carry no spatial "
+                      "information (all zero); use a larger input", stacklevel=3)
 
 
 # ----------------------------------------------------------------------------------------------- energy shares

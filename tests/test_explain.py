@@ -19,7 +19,7 @@ from lib.recipes import Recipe
 
 # ----------------------------------------------------------------------------------------------- compute_cams
 
-@pytest.mark.parametrize("name, size", [("simple_cnn", 32), ("resnet18", 32), ("swin_t", 64), ("npr", 32),
+@pytest.mark.parametrize("name, size", [("simple_cnn", 32), ("resnet18", 64), ("swin_t", 64), ("npr", 32),
                                         ("npr_multiscale", 32)])
 def test_cams_have_input_size_and_unit_range(name, size):
     torch.manual_seed(0)
@@ -29,6 +29,7 @@ def test_cams_have_input_size_and_unit_range(name, size):
     cams = compute_cams(model, name, x, method="gradcam", target="predicted", batch_size=2, progress=False)
     assert cams.shape == (3, size, size) and cams.dtype == np.float32
     assert np.isfinite(cams).all() and cams.min() >= 0.0 and cams.max() <= 1.0
+    assert cams.max() == pytest.approx(1.0, abs=1e-5), "the predicted class has some positive evidence somewhere"
     assert model.training, "the training flag must be restored"
     assert torch.equal(x, x_before), "the input must not be modified"
     assert all(p.grad is None for p in model.parameters())
@@ -94,6 +95,23 @@ def test_real_target_explains_the_negated_logit(centre_cams):
 @pytest.mark.parametrize("bias, same_as", [(50.0, "fake"), (-50.0, "real")])
 def test_predicted_target_follows_the_logit_sign(centre_cams, bias, same_as):
     np.testing.assert_allclose(centre_cams(bias, "predicted"), centre_cams(bias, same_as), atol=1e-6)
+
+
+def test_single_cell_target_layer_warns():
+    # resnet18's layer4 is 1x1 at 32 px: a constant map that min-max scaling turns into zeros
+    with pytest.warns(UserWarning, match="1x1"):
+        cams = compute_cams(create_model("resnet18"), "resnet18", torch.randn(1, 3, 32, 32), progress=False)
+    assert np.all(cams == 0)
+
+
+def test_cams_under_inference_mode_match():
+    torch.manual_seed(3)
+    model = create_model("simple_cnn")
+    x = torch.randn(2, 3, 32, 32)
+    expected = compute_cams(model, "simple_cnn", x, target="real", progress=False)
+    with torch.inference_mode():
+        np.testing.assert_array_equal(compute_cams(model, "simple_cnn", x.clone(), target="real", progress=False),
+                                      expected)
 
 
 def test_batch_size_does_not_change_cams():
@@ -298,7 +316,7 @@ def test_energy_table_and_real_vs_fake_comparison():
     np.testing.assert_allclose(table["border_share"] + table["centre_share"], 1.0)
     boxes = np.tile([5.0, 5.0, 15.0, 15.0], (16, 1))
     with_faces = cam_energy_table(cams, labels, correct, boxes=boxes)
-    assert (with_faces["face_area_share"] == pytest.approx(0.25))
+    np.testing.assert_allclose(with_faces["face_area_share"], 0.25)
     assert (with_faces.loc[labels == 1, "face_share"] > with_faces.loc[labels == 0, "face_share"].max()).all()
 
     cmp = compare_energy(table, by="label")

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 import lib.runstore as runstore
+from lib.augment import AugmentPolicy
 from lib.fileio import sha256_file
 from lib.recipes import Recipe
 from lib.runstore import RunSpec, collect_predictions, is_complete, load_model, run_cv, split_key, train_or_load
@@ -47,6 +48,9 @@ def test_key_is_stable_and_covers_every_part(study):
     spec = _spec(study)
     assert spec.key == _spec(study).key
     assert spec.key == RunSpec.from_dict(json.loads(json.dumps(spec.to_dict()))).key  # survives JSON
+    augmented = _spec(study, train=TrainConfig(augment=AugmentPolicy(crop_scale=(0.5, 1.0), jpeg_p=0.3)))
+    restored = RunSpec.from_dict(json.loads(json.dumps(augmented.to_dict())))
+    assert restored == augmented and restored.key == augmented.key  # tuples came back from JSON lists
     others = [_spec(study, fold=1), _spec(study, recipe=Recipe(size=32)), _spec(study, model="cifake_cnn"),
               _spec(study, train=TrainConfig(epochs=3)), _spec(study, model_kwargs={"widths": [4, 16]}),
               _spec(study, dataset="other"), _spec(study, split_key="other")]
