@@ -157,9 +157,10 @@ def main() -> None:
 
         pipelines = {"ours": loader, "imagefolder": dl, "compute": in_memory}
         times: dict[str, list[float]] = {name: [] for name in pipelines}
-        for _ in range(args.repeats):  # interleaved, best of N: other processes on the machine add noise
-            for name, batches in pipelines.items():
-                seconds, steps = run(batches)
+        names = list(pipelines)
+        for r in range(args.repeats):  # interleaved, order rotated, best of N: other processes add noise
+            for name in names[r % 3:] + names[: r % 3]:
+                seconds, steps = run(pipelines[name])
                 times[name].append(seconds)
         ours, plain, compute = (min(times[k]) for k in ("ours", "imagefolder", "compute"))
 

@@ -134,7 +134,7 @@ def load_model(run_dir: str | Path) -> nn.Module:
     if spec.key != config["key"]:
         raise ValueError(f"{run_dir}/config.json: the recorded key {config['key']} does not match its spec ({spec.key})")
     model = build_model(spec, for_loading=True)
-    missing, unexpected = load_safetensors(model, str(run_dir / "model.safetensors"), strict=True)
+    load_safetensors(model, str(run_dir / "model.safetensors"), strict=True)  # raises on any mismatch
     return model.eval()
 
 
