@@ -64,7 +64,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         crop_size=64, real_per_photo=64, fakes_per_source_per_photo=16, dcgan_count=96,
         scale_range=(0.25, 1.0), aspect=1.25, geometry_shortcut=True, compression=None, jpeg_quality=90,
         difficulty=0.5, inpaint_area=(0.2, 0.5),
-        ae_steps=400, ae_batch=32, ae_pool=512, ae_lr=2e-3, ae_width=32, ae_latent=16, torch_threads=2,
+        ae_steps=150, ae_batch=32, ae_pool=512, ae_lr=2e-3, ae_width=32, ae_latent=16, torch_threads=2,
     ),
 }
 COMPRESSIONS = (None, "real_jpeg")

@@ -168,3 +168,15 @@ def embedded_tree(tmp_path: Path) -> Path:
     pd.DataFrame(rows).to_csv(root / "metadata.csv", index=False)
     (root / "card.json").write_text(json.dumps({"name": "embedded_tiny", "preset": "test"}))
     return root
+
+
+@pytest.fixture(scope="session")
+def smoke_reports():
+    """Execute every numbered notebook once on the smoke profile; tests read what they saved."""
+    import run_all
+    from lib.paths import report_dir
+
+    code = run_all.main(["--profile", "smoke"])
+    out = report_dir("smoke")
+    assert code == 0, f"smoke run failed; see {out}/run_log.json"
+    return out

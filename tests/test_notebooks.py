@@ -6,18 +6,8 @@ import pandas as pd
 import pytest
 
 import run_all
-from lib.paths import report_dir
 
-pytestmark = pytest.mark.notebooks
-PROFILE = "smoke"
-
-
-@pytest.fixture(scope="module")
-def smoke_reports():
-    code = run_all.main(["--profile", PROFILE])
-    out = report_dir(PROFILE)
-    assert code == 0, f"smoke run failed; see {out}/run_log.json"
-    return out
+pytestmark = pytest.mark.notebooks  # the session fixture `smoke_reports` (conftest.py) runs them once
 
 
 def test_every_notebook_rendered(smoke_reports):

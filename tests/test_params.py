@@ -7,6 +7,8 @@ from lib.paths import NOTEBOOKS_DIR, PARAMS_DIR
 from run_all import numbered_notebooks
 
 SPLIT_KEYS = ("data_root", "layout", "embedded_preset", "seed", "n_folds", "test_ratio", "val_ratio")
+# Equal baseline training keys give equal run keys, so later notebooks reuse Phase 1 runs instead of retraining.
+TRAIN_KEYS = ("image_size", "epochs", "batch_size", "optimizer", "lr", "weight_decay", "scheduler", "t_max", "patience")
 
 
 @pytest.mark.parametrize("profile", PROFILES)
@@ -23,11 +25,11 @@ def test_no_orphan_params_files():
 
 
 @pytest.mark.parametrize("profile", PROFILES)
-def test_split_keys_agree_within_profile(profile):
+def test_split_and_training_keys_agree_within_profile(profile):
     seen = {}
     for nb in numbered_notebooks():
         values = resolve_parameters(nb, profile)
-        for key in SPLIT_KEYS:
+        for key in SPLIT_KEYS + TRAIN_KEYS:
             if key in values:
                 seen.setdefault(key, {})[nb.stem] = values[key]
     for key, per_nb in seen.items():
