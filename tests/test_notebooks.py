@@ -33,3 +33,23 @@ def test_preprocessing_saves_normalisation_and_sound_splits(smoke_reports):
     assert len(norm["real_train"]["mean"]) == 3 and all(0 < m < 1 for m in norm["real_train"]["mean"])
     rates = pd.read_csv(smoke_reports / "tables" / "face_detection_rates.csv")
     assert rates["rate"].between(0, 1).all()
+
+
+def test_eda_reports_difficulty_probe(smoke_reports):
+    probe = pd.read_csv(smoke_reports / "tables" / "eda_difficulty_probe.csv")
+    assert len(probe) == 1 and 0.0 <= probe.at[0, "test_auc"] <= 1.0 and probe.at[0, "test_n"] > 0
+
+
+def test_phase1_tables(smoke_reports):
+    folds = pd.read_csv(smoke_reports / "tables" / "phase1_folds.csv")
+    assert set(folds["model"]) == {"simple_cnn", "resnet18"}
+    assert folds.groupby("model")["fold"].nunique().eq(folds["fold"].nunique()).all()  # identical folds per model
+    summary = pd.read_csv(smoke_reports / "tables" / "phase1_summary.csv")
+    auc = summary[summary["metric"] == "auc"]
+    assert (auc["ci_low"] <= auc["mean"]).all() and (auc["mean"] <= auc["ci_high"]).all()
+    for model, group in folds.groupby("model"):
+        assert auc.set_index("model").at[model, "mean"] == pytest.approx(group["test_auc"].mean())
+    tests = pd.read_csv(smoke_reports / "tables" / "phase1_tests.csv")
+    assert set(tests["verdict"]) <= {"supported", "contradicted", "inconclusive"}
+    conclusions = json.loads((smoke_reports / "tables" / "phase1_conclusions.json").read_text())
+    assert len(conclusions["run_keys"]) == len(folds)
