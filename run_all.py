@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import sys
 import time
 from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # inherited by the notebook kernels; see lib/__init__.py
 
 from lib.config import PROFILES, ParamsError, resolve_parameters
 from lib.paths import NOTEBOOKS_DIR, report_dir

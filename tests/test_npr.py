@@ -137,3 +137,18 @@ def test_multiscale_rejects_bad_configuration():
         create_model("npr_multiscale", attention="max")
     with pytest.raises(ValueError):
         create_model("npr_multiscale", scales=[])
+
+
+def test_safetensors_checkpoint_round_trip_keeps_scales(tmp_path):
+    from safetensors.torch import load_model, save_model
+
+    torch.manual_seed(0)
+    model = create_model("npr_multiscale", scales=[0.25, 0.75]).eval()
+    save_model(model, str(tmp_path / "m.safetensors"))
+    same = create_model("npr_multiscale", scales=[0.25, 0.75]).eval()
+    load_model(same, str(tmp_path / "m.safetensors"), strict=True)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(same(x), model(x))
+    with pytest.raises(ValueError, match="scales"):
+        load_model(create_model("npr_multiscale", scales=[0.25, 0.5]), str(tmp_path / "m.safetensors"), strict=True)
