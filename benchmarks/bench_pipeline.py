@@ -96,9 +96,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", default="", help="dataset folder; empty = the embedded dataset")
     parser.add_argument("--synthetic", type=int, default=0, help="use N synthetic PNGs instead of a dataset")
-    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--size", type=int, default=32, help="input side (32 = the default profile)")
     parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=32, help="32 = the study plan")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers for the ImageFolder loop")
     parser.add_argument("--model", default="resnet18")
     parser.add_argument("--repeats", type=int, default=1, help="interleaved repetitions; the best time is kept")
@@ -132,7 +132,7 @@ def main() -> None:
                             torch.zeros(args.batch_size))], 1)
 
         loader = BatchLoader(images, labels, np.arange(n), batch_size=args.batch_size, shuffle=True, seed=0,
-                             drop_last=True, prefetch=True)
+                             drop_last=True)  # the same loader the trainer uses
 
         folder = image_folder_view(manifest, scratch / "imagefolder")
         tf = transforms.Compose([transforms.Resize((args.size, args.size)), transforms.ToTensor(),

@@ -180,7 +180,7 @@ class BatchLoader:
     ``seed`` and the pass number) and sorts indices inside each batch for contiguous memmap reads;
     without shuffling the batches follow ``indices`` exactly (so predictions line up with them).
     ``augment`` (an ``AugmentPolicy``) is applied to the uint8 batch before normalisation; only the
-    training path passes one. ``prefetch`` prepares the next batch in a background thread.
+    training path passes one. ``prefetch`` prepares the next batch in a background thread (default: on CUDA only).
     """
 
     def __init__(
@@ -196,7 +196,7 @@ class BatchLoader:
         std: Sequence[float] = IMAGENET_STD,
         device: str | torch.device = "cpu",
         drop_last: bool = False,
-        prefetch: bool = True,
+        prefetch: bool | None = None,
     ) -> None:
         if images.ndim != 4 or images.shape[1] != 3 or images.dtype != np.uint8:
             raise ValueError(f"images must be a uint8 (N, 3, H, W) array, got {images.dtype} {images.shape}")
@@ -215,7 +215,9 @@ class BatchLoader:
         self.augment = augment
         self.device = torch.device(device)
         self.drop_last = drop_last
-        self.prefetch = prefetch
+        # Slicing a batch from the memmap takes ~0.1 ms, less than a thread hand-off (measured: 39 batches in 0.006 s
+        # inline vs 0.65 s through the prefetch queue), so only overlap the host-to-device copy on CUDA.
+        self.prefetch = self.device.type == "cuda" if prefetch is None else prefetch
         self.epoch = 0
         # One multiply-add turns uint8 into normalised floats: (x/255 - mean)/std = x*scale + shift.
         std_t = torch.as_tensor(std, dtype=torch.float32)
