@@ -170,7 +170,7 @@ def train_or_load(
     labels = manifest["label"].to_numpy()
     parts = _indices(splits, spec.fold)
     cfg = spec.train
-    mean, std = normalization_stats(cfg, images, parts["train"])
+    mean, std = normalization_stats(cfg, images, parts["train"], labels)
 
     from lib.models import count_parameters
 

@@ -27,7 +27,7 @@ from lib.cache import IMAGENET_MEAN, IMAGENET_STD, BatchLoader, channel_stats
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULERS = ("cosine", "plateau", "onecycle", "none")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
-NORMALIZATIONS = ("imagenet", "train")
+NORMALIZATIONS = ("imagenet", "train", "train_real")
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,8 @@ class TrainConfig:
     t_max: cosine period in epochs (0 = ``epochs``). patience: stop after this many epochs without
     a better validation AUC (0 = never stop early); the best epoch is restored either way.
     grad_clip: max gradient norm (0 = off). amp: mixed precision on CUDA; a no-op on CPU.
-    normalization: "imagenet" statistics or "train" (statistics of the training images).
+    normalization: "imagenet" statistics, "train" (statistics of the training images) or "train_real"
+    (statistics of the REAL training images only, so the fakes cannot shift the input scaling).
     """
 
     epochs: int = 5
@@ -116,10 +117,22 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if amp == "bf16" else torch.float16
 
 
-def normalization_stats(config: TrainConfig, images: np.ndarray, train_idx: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """(mean, std) used to normalise inputs, in [0, 1] pixel units."""
+def normalization_stats(config: TrainConfig, images: np.ndarray, train_idx: np.ndarray,
+                        labels: np.ndarray | Sequence[int] | None = None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) used to normalise inputs, in [0, 1] pixel units.
+
+    ``labels`` (aligned with ``images``) is needed only by ``normalization="train_real"``.
+    """
     if config.normalization == "train":
         return channel_stats(images, train_idx)
+    if config.normalization == "train_real":
+        if labels is None:
+            raise ValueError('normalization="train_real" needs the labels to find the real training images')
+        train_idx = np.asarray(train_idx, dtype=np.int64)
+        real = train_idx[np.asarray(labels)[train_idx] == 0]
+        if real.size == 0:
+            raise ValueError('normalization="train_real": the training part has no real image')
+        return channel_stats(images, real)
     return IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -230,7 +243,7 @@ def fit(
     seed_everything(cfg.seed)
     device = select_device(cfg.device)
     if mean is None or std is None:
-        mean, std = normalization_stats(cfg, images, train_idx)
+        mean, std = normalization_stats(cfg, images, train_idx, labels)
     model.to(device)
     amp_dtype = resolve_amp(cfg.amp, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
