@@ -39,8 +39,9 @@ def summary_wide(summary: pd.DataFrame, by: str = "model", digits: int = 3) -> p
 def paired_comparison(cv: pd.DataFrame, by: str, a: str, b: str, metric: str = "test_auc",
                       direction: str = "greater") -> dict:
     """Paired tests of `a` vs `b` over the folds they share; verdict from the interval of the difference a - b."""
-    wide = cv.pivot_table(index="fold", columns=by, values=metric, aggfunc="first")
-    pairs = wide[[a, b]].dropna()
+    # reindex: a metric that is NaN in every fold (e.g. AUC of a one-class part) must give "no pairs", not a KeyError
+    wide = cv.pivot_table(index="fold", columns=by, values=metric, aggfunc="first", dropna=False).reindex(columns=[a, b])
+    pairs = wide.dropna()
     res = paired_tests(pairs[a].to_numpy(), pairs[b].to_numpy())
     return {"a": a, "b": b, "metric": metric, **res,
             "verdict": verdict(res["diff_ci_low"], res["diff_ci_high"], direction)}
@@ -132,4 +133,5 @@ def describe_comparison(row: dict | pd.Series, metric_name: str = "AUC") -> str:
     p = row.get("t_p_holm", row.get("t_p", math.nan))
     return (f"{row['a']} - {row['b']} {metric_name}: {row['mean_diff']:+.3f} "
             f"(95 % CI {row['diff_ci_low']:+.3f} to {row['diff_ci_high']:+.3f}, n = {row['n']} folds, "
-            f"paired t p = {p:.3g}{' Holm' if 't_p_holm' in row else ''}) -> {row['verdict']}")
+            f"paired t p = {p:.3g}{' Holm' if 't_p_holm' in row else ''}) -> claim '{row['a']} better than {row['b']}': "
+            f"{row['verdict']}")

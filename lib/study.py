@@ -45,3 +45,21 @@ def train_config(epochs: int, batch_size: int, optimizer: str, lr: float, weight
 def baseline_recipe(image_size: int, resize_mode: str = "resize") -> Recipe:
     """Phase 1's preprocessing: a plain square resize, no face crop (augmentation lives in the TrainConfig)."""
     return Recipe(size=image_size, mode=resize_mode)
+
+
+def named_sources(manifest: pd.DataFrame, requested, data_root: str = "") -> tuple[list[str], str]:
+    """The fake sources named in params that this dataset has, and a note about any that it lacks.
+
+    The smoke and default params name the embedded dataset's sources. On the embedded dataset an unknown
+    name is a typo and raises; on your own data (`data_root` set) unknown names are dropped, and the note
+    says so, so that the notebook can fall back to its rule for an empty list and report it.
+    """
+    fakes = sorted(manifest.loc[manifest["label"] == 1, "source"].astype(str).unique())
+    requested = [str(s) for s in requested]
+    unknown = sorted(set(requested) - set(fakes))
+    if not unknown:
+        return requested, ""
+    if not data_root:
+        raise ValueError(f"sources {unknown} are not fake sources of this dataset; fake sources: {fakes}")
+    kept = [s for s in requested if s in fakes]
+    return kept, f"params name sources this dataset lacks ({', '.join(unknown)}); used {kept or 'the default rule'} instead."

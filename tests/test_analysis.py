@@ -65,3 +65,9 @@ def test_per_source_summary_has_every_source():
     table = analysis.per_source_summary(synthetic_predictions())
     assert set(table["source"]) == {"gan", "real"} and set(table["model"]) == {"good", "bad"}
     assert table["accuracy_mean"].between(0, 1).all()
+
+
+def test_paired_comparison_with_an_all_nan_metric_is_inconclusive():
+    cv = synthetic_cv().assign(test_auc=float("nan"))
+    res = analysis.paired_comparison(cv, "model", "big", "small")
+    assert res["n"] == 0 and res["verdict"] == "inconclusive"
