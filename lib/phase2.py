@@ -30,7 +30,8 @@ from lib.fileio import read_table, stable_hash, write_table
 from lib.metrics import binary_metrics, per_source_metrics
 from lib.paths import CACHE_DIR, RUNS_DIR
 from lib.recipes import Recipe
-from lib.stats import holm, summarize
+from lib.splits import part_indices
+from lib.stats import holm, summarize, summarize_table
 from lib.training import TrainConfig
 
 SUBPHASES = {
@@ -128,14 +129,6 @@ def geometry_views(size: int, pad_value: int = 0) -> dict[str, Recipe]:
         "letterbox_real": Recipe(size=size, mode="letterbox", letterbox_apply_to="real", pad_value=pad_value),
         "center_crop": Recipe(size=size, mode="center_crop"),
     }
-
-
-def part_indices(splits: pd.DataFrame, fold: int) -> dict[str, np.ndarray]:
-    """Row positions of the fold's training and validation parts, the test hold-out and the source hold-out."""
-    from lib.splits import fold_indices, holdout_indices, test_indices
-
-    train_idx, val_idx = fold_indices(splits, fold)
-    return {"train": train_idx, "val": val_idx, "test": test_indices(splits), "holdout": holdout_indices(splits)}
 
 
 def evaluate_runs(cv: pd.DataFrame, dataset: Any, splits: pd.DataFrame, recipe: Recipe,
@@ -269,18 +262,6 @@ def run_metrics(predictions: pd.DataFrame, by: Sequence[str] = ("condition", "mo
         if col not in out:
             out[col] = math.nan
     return out
-
-
-def summary_by(table: pd.DataFrame, by: Sequence[str], metrics: Sequence[str]) -> pd.DataFrame:
-    """Mean, std, 95 % t-interval and n over folds of each metric, one row per level of ``by`` (columns
-    ``<metric>_mean`` ...); level order as in the table."""
-    rows = []
-    for key, group in table.groupby(list(by), sort=False):
-        row = dict(zip(by, key if isinstance(key, tuple) else (key,)))
-        for metric in metrics:
-            row.update({f"{metric}_{k}": v for k, v in summarize(group[metric]).items()})
-        rows.append(row)
-    return pd.DataFrame(rows)
 
 
 def compare_conditions(table: pd.DataFrame, reference: str, metrics: Sequence[str] = ("test_auc",),
@@ -551,7 +532,7 @@ def summary_rows(table: pd.DataFrame, comparisons: pd.DataFrame, by: str = "cond
     """One row per (level of ``by``, model): ``metric`` mean, std, 95 % interval over folds, the paired difference
     with ``reference`` (interval, Holm p, verdict), mean train/val gap and mean per-source AUC variance."""
     extra = [m for m in ("gap", "source_auc_var") if m in table.columns]
-    summary = summary_by(table, [by, "model"], [metric, *extra])
+    summary = summarize_table(table, [by, "model"], [metric, *extra], sort=False)  # level order as in the table
     out = pd.DataFrame({
         "condition": summary[by], "kind": kind, "model": summary["model"], "metric": metric,
         "n": summary[f"{metric}_n"], "mean": summary[f"{metric}_mean"], "std": summary[f"{metric}_std"],

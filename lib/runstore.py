@@ -138,13 +138,6 @@ def load_model(run_dir: str | Path) -> nn.Module:
     return model.eval()
 
 
-def _indices(splits: pd.DataFrame, fold: int) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
-    from lib.splits import fold_indices, holdout_indices, test_indices  # lazy: another module's job
-
-    train_idx, val_idx = fold_indices(splits, fold)
-    return {"train": train_idx, "val": val_idx, "test": test_indices(splits), "holdout": holdout_indices(splits)}
-
-
 def train_or_load(
     spec: RunSpec,
     dataset: Any,
@@ -168,7 +161,9 @@ def train_or_load(
 
     images = build_cache(manifest, spec.recipe, boxes=boxes, cache_dir=cache_dir, progress=progress)
     labels = manifest["label"].to_numpy()
-    parts = _indices(splits, spec.fold)
+    from lib.splits import part_indices  # lazy: another module's job
+
+    parts = part_indices(splits, spec.fold)
     cfg = spec.train
     mean, std = normalization_stats(cfg, images, parts["train"], labels)
 

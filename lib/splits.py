@@ -230,6 +230,12 @@ def holdout_indices(splits: pd.DataFrame) -> np.ndarray:
     return np.flatnonzero((splits["split"] == "holdout").to_numpy())
 
 
+def part_indices(splits: pd.DataFrame, fold: int) -> dict[str, np.ndarray]:
+    """Row positions of the fold's training and validation parts, the test hold-out and the source hold-out."""
+    train_idx, val_idx = fold_indices(splits, fold)
+    return {"train": train_idx, "val": val_idx, "test": test_indices(splits), "holdout": holdout_indices(splits)}
+
+
 def split_summary(manifest: pd.DataFrame, splits: pd.DataFrame) -> pd.DataFrame:
     """Per fold and role: images, real, fake, groups, sources, and ``shared_groups`` = groups the role shares with
     a role it must be disjoint from (0 in a sound table; NA for "unused", which is never read)."""

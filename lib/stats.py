@@ -36,14 +36,16 @@ def summarize(values: Any, confidence: float = 0.95) -> dict[str, float]:
 
 
 def summarize_table(df: pd.DataFrame, by: str | Sequence[str], metrics: Sequence[str],
-                    confidence: float = 0.95) -> pd.DataFrame:
-    """One row per group of `by`; for each metric m the columns m_mean, m_std, m_ci_low, m_ci_high, m_n."""
+                    confidence: float = 0.95, sort: bool = True) -> pd.DataFrame:
+    """One row per group of `by`; for each metric m the columns m_mean, m_std, m_ci_low, m_ci_high, m_n.
+
+    Groups come sorted, or in their order of appearance with ``sort=False``."""
     by_cols = [by] if isinstance(by, str) else list(by)
     missing = set(by_cols + list(metrics)) - set(df.columns)
     if missing:
         raise KeyError(f"summarize_table: missing column(s) {sorted(missing)}")
     rows = []
-    for key, group in df.groupby(by_cols, sort=True, dropna=False):
+    for key, group in df.groupby(by_cols, sort=sort, dropna=False):
         row = dict(zip(by_cols, key if isinstance(key, tuple) else (key,)))
         for metric in metrics:
             row.update({f"{metric}_{k}": v for k, v in summarize(group[metric], confidence).items()})
