@@ -19,7 +19,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # inherited by the notebook
 
 from lib.config import PROFILES, ParamsError, resolve_parameters
 from lib.paths import NOTEBOOKS_DIR, report_dir
-from lib.report import build_index, load_run_log, save_run_log
+from lib.report.index import build_index, load_run_log, save_run_log
 
 
 def numbered_notebooks(notebooks_dir: Path = NOTEBOOKS_DIR) -> list[Path]:

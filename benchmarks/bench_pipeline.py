@@ -31,9 +31,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
-from lib.cache import IMAGENET_MEAN, IMAGENET_STD, BatchLoader, build_cache
+from lib.data.cache import IMAGENET_MEAN, IMAGENET_STD, BatchLoader, build_cache
 from lib.fileio import sha256_file
-from lib.recipes import Recipe
+from lib.data.recipes import Recipe
 
 
 def synthetic_manifest(folder: Path, n: int, seed: int = 0) -> pd.DataFrame:
@@ -57,7 +57,7 @@ def load_manifest(args: argparse.Namespace, scratch: Path) -> tuple[pd.DataFrame
     if args.synthetic:
         return synthetic_manifest(scratch / "synthetic", args.synthetic), f"synthetic ({args.synthetic} PNGs)"
     try:
-        from lib.data import load_dataset
+        from lib.data.dataset import load_dataset
     except ImportError as exc:
         print(f"lib.data unavailable ({exc}); using 512 synthetic PNGs")
         return synthetic_manifest(scratch / "synthetic", 512), "synthetic (512 PNGs)"

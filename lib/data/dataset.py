@@ -1,0 +1,54 @@
+"""One call from a dataset folder (or the embedded dataset) to a ready manifest: ``load_dataset``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from lib.data.layouts import detect_layout
+from lib.data.manifest import build_manifest, manifest_fingerprint
+
+
+@dataclass
+class Dataset:
+    name: str
+    root: Path
+    layout: str
+    manifest: pd.DataFrame
+    skipped: pd.DataFrame          # (path, reason) of every file left out
+    fingerprint: str               # stable hash of the manifest's sha256, label, source, group columns
+    card: dict | None              # the embedded dataset's card.json (or any card.json at the root)
+
+    def __repr__(self) -> str:
+        counts = self.manifest["label"].value_counts().to_dict()
+        return (f"Dataset({self.name!r}, layout={self.layout!r}, {len(self.manifest)} images "
+                f"({counts.get(0, 0)} real, {counts.get(1, 0)} fake), {len(self.skipped)} skipped, "
+                f"fingerprint={self.fingerprint})")
+
+
+def load_dataset(data_root: str = "", layout: str = "auto", embedded_preset: str = "default", seed: int = 42,
+                 embedded_overrides: dict | None = None, progress: bool = True) -> Dataset:
+    """Manifest of ``data_root`` read as ``layout``; ``data_root=""`` builds (once) and uses the embedded dataset.
+
+    ``embedded_preset``, ``seed`` and ``embedded_overrides`` only matter for the embedded dataset.
+    """
+    if data_root:
+        root = Path(data_root).expanduser()
+        if not root.is_dir():
+            raise FileNotFoundError(f"data_root {data_root!r} is not a folder; pass \"\" for the embedded dataset")
+    else:
+        from lib.data.embedded import build_embedded  # lazy: building it pulls in torch and the generators
+
+        root = Path(build_embedded(embedded_preset, seed=seed, progress=progress, **(embedded_overrides or {})))
+    root = root.resolve()
+    layout = detect_layout(root) if layout == "auto" else layout
+    manifest, skipped = build_manifest(root, layout=layout, progress=progress)
+    card_path = root / "card.json"
+    card = json.loads(card_path.read_text(encoding="utf-8")) if card_path.is_file() else None
+    name = str(card.get("name", root.name)) if isinstance(card, dict) else root.name
+    return Dataset(name=name, root=root, layout=layout, manifest=manifest, skipped=skipped,
+                   fingerprint=manifest_fingerprint(manifest), card=card)
+

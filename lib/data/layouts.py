@@ -1,0 +1,298 @@
+"""Layout readers: a dataset folder -> one row per candidate image file (path, label, source, group, orig_split).
+
+Each reader only walks the tree and interprets folder names; nothing is decoded here (lib.data.manifest does that).
+Files whose extension is not an image extension are left out and listed in ``df.attrs["ignored"]``
+(a list of ``{"path", "reason"}`` dicts) so the manifest can report them.
+
+Layouts (``label`` is always 1 = fake, 0 = real):
+
+- ``embedded``: ``metadata.csv`` (path relative to the folder, label, source, group[, orig_split]) written by
+  lib.data.embedded, usually with ``card.json``.
+- ``deepfakeface`` (DeepFakeFace, OpenRL/DeepFakeFace): ``wiki/`` real photos and the fakes ``inpainting/``,
+  ``insight/``, ``text2img/`` with the same sub-structure. source = folder name; group = relative path inside the
+  folder without extension, so a real photo and its fakes stay together.
+- ``cifake``: ``train|test/REAL|FAKE/*`` (upper-case class folders, as published). CIFAKE's own class indices are
+  0 = FAKE, 1 = REAL; here label 1 = fake. source "cifar10" (REAL) or "sd14" (FAKE). The fakes were generated from
+  text prompts, not from the real images, so a shared file name (``1234 (2).jpg`` in REAL and FAKE) does not mean
+  shared content: group = ``<split>/<class>/<stem>``, one group per file.
+- ``forensynths`` (ForenSynths / CNNDetection): ``[<split>/]<generator>/[<class>/]0_real|1_fake/*``.
+  source = generator for fakes and ``<generator>_real`` for reals (each generator's reals come from a different photo
+  collection: LSUN, ImageNet, CelebA..., which a source analysis must be able to tell apart); group =
+  ``generator/class/stem``. The ProGAN training/validation sets put the 20 LSUN classes directly under the split
+  (``train/airplane/0_real``): a single level named like one of those classes is read as generator "progan".
+- ``generic``: ``[<split>/]{real,fake}/*`` (case-insensitive; ``0_real``/``1_fake`` too). source = "real"/"fake",
+  or the first sub-folder below real/fake (``fake/<generator>/...`` -> source ``<generator>``); group = file stem
+  (so aligned datasets, where a fake reuses its real photo's name, keep both together).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from lib.data.imageio import IMAGE_EXTENSIONS
+
+COLUMNS = ["path", "label", "source", "group", "orig_split"]
+SPLIT_NAMES = {"train", "training", "val", "valid", "validation", "test", "testing"}
+REAL_NAMES = {"real", "0_real"}
+FAKE_NAMES = {"fake", "1_fake"}
+DFF_REAL = "wiki"
+DFF_FAKES = ("inpainting", "insight", "text2img")
+FORENSYNTHS_PROGAN_CLASSES = {
+    "airplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable", "dog",
+    "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor"}
+_IGNORED_FILE_NAMES = {"metadata.csv", "card.json", "card.md"}   # the embedded dataset's own files
+
+
+class LayoutError(ValueError):
+    """The folder does not match the requested (or any known) layout."""
+
+
+# --- walking ------------------------------------------------------------------------------------------------
+
+def _walk(folder: Path) -> tuple[list[Path], list[dict]]:
+    """All image files below ``folder`` (sorted, so row order is reproducible) and the non-image files left out."""
+    images: list[Path] = []
+    ignored: list[dict] = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            if name.startswith("."):   # .DS_Store, macOS "._x.jpg" resource forks: never images
+                ignored.append({"path": path.as_posix(), "reason": "hidden file"})
+            elif path.suffix.lower() in IMAGE_EXTENSIONS:
+                images.append(path)
+            elif name not in _IGNORED_FILE_NAMES:
+                ignored.append({"path": path.as_posix(), "reason": f"not an image file (extension {path.suffix!r})"})
+    return images, ignored
+
+
+def _subdirs(folder: Path) -> dict[str, Path]:
+    """Visible sub-folders by name."""
+    try:
+        return {e.name: Path(e.path) for e in os.scandir(folder) if e.is_dir() and not e.name.startswith(".")}
+    except (FileNotFoundError, NotADirectoryError):
+        return {}
+
+
+def _frame(rows: list[dict], ignored: list[dict]) -> pd.DataFrame:
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    df["label"] = df["label"].astype("int64")
+    df.attrs["ignored"] = ignored
+    return df
+
+
+def _label_of(name: str) -> int | None:
+    lowered = name.lower()
+    return 0 if lowered in REAL_NAMES else 1 if lowered in FAKE_NAMES else None
+
+
+# --- readers ------------------------------------------------------------------------------------------------
+
+def read_embedded(root: Path) -> pd.DataFrame:
+    meta_path = root / "metadata.csv"
+    meta = pd.read_csv(meta_path, dtype={"path": str, "source": str, "group": str})
+    missing = {"path", "label", "source", "group"} - set(meta.columns)
+    if missing:
+        raise LayoutError(f"{meta_path}: missing column(s) {sorted(missing)}; expected path, label, source, group")
+    bad_labels = sorted(set(meta["label"].unique()) - {0, 1})
+    if bad_labels:
+        raise LayoutError(f"{meta_path}: labels must be 0 (real) or 1 (fake), found {bad_labels}")
+    listed = {(root / p).as_posix() for p in meta["path"]}
+    images, ignored = _walk(root)
+    ignored += [{"path": p.as_posix(), "reason": "image not listed in metadata.csv"}
+                for p in images if p.as_posix() not in listed]
+    df = pd.DataFrame({
+        "path": [(root / p).as_posix() for p in meta["path"]],
+        "label": meta["label"].astype("int64"),
+        "source": meta["source"].astype(str),
+        "group": meta["group"].astype(str),
+        "orig_split": meta["orig_split"].fillna("").astype(str) if "orig_split" in meta else "",
+    })
+    return _frame(df.to_dict("records"), ignored)
+
+
+def read_deepfakeface(root: Path) -> pd.DataFrame:
+    folders = {name.lower(): path for name, path in _subdirs(root).items()}
+    rows, ignored = [], []
+    for name in (DFF_REAL, *DFF_FAKES):
+        if name not in folders:
+            continue
+        images, skipped = _walk(folders[name])
+        ignored += skipped
+        for path in images:
+            relative = path.relative_to(folders[name]).with_suffix("").as_posix()
+            rows.append({"path": path.as_posix(), "label": int(name != DFF_REAL), "source": name,
+                         "group": relative, "orig_split": ""})
+    return _frame(rows, ignored)
+
+
+def read_cifake(root: Path) -> pd.DataFrame:
+    rows, ignored = [], []
+    for split, split_dir in sorted(_subdirs(root).items()):
+        for cls, cls_dir in sorted(_subdirs(split_dir).items()):
+            if cls not in ("REAL", "FAKE"):
+                continue
+            images, skipped = _walk(cls_dir)
+            ignored += skipped
+            for path in images:
+                rows.append({"path": path.as_posix(), "label": int(cls == "FAKE"),
+                             "source": "sd14" if cls == "FAKE" else "cifar10",
+                             "group": f"{split}/{cls}/{path.stem}", "orig_split": split})
+    return _frame(rows, ignored)
+
+
+def _forensynths_parts(parts: list[str]) -> tuple[str, str, str] | None:
+    """Folders above 0_real|1_fake -> (split, generator, class); None if there is no generator level."""
+    split = ""
+    if len(parts) > 1 and parts[0].lower() in SPLIT_NAMES:
+        split, parts = parts[0], parts[1:]
+    elif len(parts) == 1 and parts[0].lower() in SPLIT_NAMES:
+        return None   # <split>/0_real: the generic layout, no generator level
+    if len(parts) == 1:
+        if parts[0].lower() in FORENSYNTHS_PROGAN_CLASSES:
+            return split, "progan", parts[0]
+        return split, parts[0], ""
+    if len(parts) == 2:
+        return split, parts[0], parts[1]
+    return None
+
+
+def read_forensynths(root: Path) -> pd.DataFrame:
+    images, ignored = _walk(root)
+    rows = []
+    for path in images:
+        parts = list(path.relative_to(root).parts[:-1])
+        label_at = [i for i, part in enumerate(parts) if part.lower() in ("0_real", "1_fake")]
+        parsed = _forensynths_parts(parts[: label_at[-1]]) if label_at else None
+        if parsed is None:
+            ignored.append({"path": path.as_posix(),
+                            "reason": "not under [<split>/]<generator>/[<class>/]0_real|1_fake"})
+            continue
+        split, generator, cls = parsed
+        label = int(parts[label_at[-1]].lower() == "1_fake")
+        rows.append({"path": path.as_posix(), "label": label,
+                     "source": generator if label else f"{generator}_real",
+                     "group": "/".join(p for p in (generator, cls, path.stem) if p), "orig_split": split})
+    return _frame(rows, ignored)
+
+
+def _generic_class_dirs(root: Path) -> list[tuple[str, Path, int]]:
+    """(split, folder, label) for every real/fake folder at the root or one split level below it."""
+    found = []
+    for name, path in sorted(_subdirs(root).items()):
+        label = _label_of(name)
+        if label is not None:
+            found.append(("", path, label))
+            continue
+        for sub, sub_path in sorted(_subdirs(path).items()):
+            sub_label = _label_of(sub)
+            if sub_label is not None:
+                found.append((name, sub_path, sub_label))
+    return found
+
+
+def read_generic(root: Path) -> pd.DataFrame:
+    # relative parts of each class folder -> (split, label); a file belongs to the class folder its path starts with
+    class_dirs = {folder.relative_to(root).parts: (split, label) for split, folder, label in _generic_class_dirs(root)}
+    images, ignored = _walk(root)
+    rows = []
+    for path in images:
+        parts = path.relative_to(root).parts
+        depth = next((d for d in (1, 2) if parts[:d] in class_dirs and len(parts) > d), None)
+        if depth is None:   # outside any real/fake folder: no label, report rather than guess
+            ignored.append({"path": path.as_posix(), "reason": "image outside any real/fake folder (no label)"})
+            continue
+        split, label = class_dirs[parts[:depth]]
+        below = parts[depth:]
+        source = below[0] if len(below) > 1 else ("fake" if label else "real")
+        rows.append({"path": path.as_posix(), "label": label, "source": source, "group": path.stem,
+                     "orig_split": split})
+    return _frame(rows, ignored)
+
+
+# --- detection ----------------------------------------------------------------------------------------------
+
+def _is_embedded(root: Path) -> bool:
+    return (root / "metadata.csv").is_file()
+
+
+def _is_deepfakeface(root: Path) -> bool:
+    names = {name.lower() for name in _subdirs(root)}
+    return DFF_REAL in names and any(fake in names for fake in DFF_FAKES)
+
+
+def _is_cifake(root: Path) -> bool:
+    return any(split.lower() in ("train", "test") and {"REAL", "FAKE"} <= set(_subdirs(path))
+               for split, path in _subdirs(root).items())
+
+
+def _label_dirs(root: Path, max_depth: int) -> list[tuple[str, ...]]:
+    """Relative parts of every 0_real/1_fake folder down to ``max_depth`` levels (without entering them)."""
+    found, frontier = [], [((), root)]
+    for _ in range(max_depth):
+        next_frontier = []
+        for parts, folder in frontier:
+            for name, path in sorted(_subdirs(folder).items()):
+                if name.lower() in ("0_real", "1_fake"):
+                    found.append(parts + (name,))
+                else:
+                    next_frontier.append((parts + (name,), path))
+        frontier = next_frontier
+    return found
+
+
+def _is_forensynths(root: Path) -> bool:
+    found = _label_dirs(root, max_depth=4)
+    return bool(found) and all(_forensynths_parts(list(parts[:-1])) is not None for parts in found)
+
+
+def _is_generic(root: Path) -> bool:
+    return bool(_generic_class_dirs(root))
+
+
+Reader = Callable[[Path], pd.DataFrame]
+# Detection order matters: specific layouts first, the permissive generic layout last.
+LAYOUTS: dict[str, tuple[Reader, Callable[[Path], bool], str]] = {
+    "embedded": (read_embedded, _is_embedded, "metadata.csv (path, label, source, group) written by lib.data.embedded"),
+    "deepfakeface": (read_deepfakeface, _is_deepfakeface, "wiki/ plus at least one of inpainting/, insight/, text2img/"),
+    "cifake": (read_cifake, _is_cifake, "train/ and/or test/, each with REAL/ and FAKE/ (upper case)"),
+    "forensynths": (read_forensynths, _is_forensynths, "[<split>/]<generator>/[<class>/]0_real|1_fake/"),
+    "generic": (read_generic, _is_generic, "[<split>/]real|fake/ (any case, or 0_real|1_fake), optional fake/<generator>/"),
+}
+
+
+def _expectations() -> str:
+    return "\n".join(f"  - {name}: {expects}" for name, (_, _, expects) in LAYOUTS.items())
+
+
+def detect_layout(root: str | Path) -> str:
+    """Name of the first layout whose folder structure ``root`` matches; LayoutError listing them all otherwise."""
+    root = Path(root)
+    if not root.is_dir():
+        raise LayoutError(f"dataset folder {root} does not exist or is not a folder")
+    for name, (_, matches, _) in LAYOUTS.items():
+        if matches(root):
+            return name
+    raise LayoutError(f"cannot recognise the layout of {root}. Known layouts and what each expects:\n"
+                      f"{_expectations()}\nArrange the folder like one of them or pass layout=<name>.")
+
+
+def read_layout(root: str | Path, layout: str = "auto") -> pd.DataFrame:
+    """Rows (path absolute POSIX, label, source, group, orig_split) of ``root`` read as ``layout`` ("auto" detects).
+
+    ``df.attrs["layout"]`` holds the layout used, ``df.attrs["ignored"]`` the non-image files left out.
+    """
+    root = Path(root).resolve()
+    if not root.is_dir():
+        raise LayoutError(f"dataset folder {root} does not exist or is not a folder")
+    if layout == "auto":
+        layout = detect_layout(root)
+    if layout not in LAYOUTS:
+        raise LayoutError(f"unknown layout {layout!r}; choose 'auto' or one of:\n{_expectations()}")
+    df = LAYOUTS[layout][0](root)
+    df.attrs["layout"] = layout
+    return df

@@ -1,0 +1,270 @@
+"""Manifest -> split table: group-aware stratified test hold-out and k folds, computed once and saved.
+
+Order of decisions (each one only sees what the previous left):
+1. Source hold-out: groups made only of ``holdout_sources`` rows go to "holdout" whole.
+2. Test hold-out: one fold of ``StratifiedGroupKFold(round(1 / test_ratio))`` over the remaining groups. In those test
+   groups, rows of held-out sources are "holdout" (evaluation only, like test); in the other groups they are
+   "unused", because training on a photo and evaluating on its held-out fake would share content.
+3. Subsample: whole groups of the trainval part, stratified by the groups' label mix; the rest is "unused".
+4. k folds: ``StratifiedGroupKFold(n_folds)`` over trainval. ``n_folds == 1``: one validation part of about
+   ``val_ratio`` (fold 0); the other trainval rows get fold -1, i.e. training-only (fold 0's training part is
+   "trainval rows with fold != 0", as for every fold).
+
+Stratification uses label x source when every such stratum has enough groups for the number of splits, else the
+label alone. No group is ever shared between a training/validation part and test or holdout, nor between a fold's
+training and validation parts (``split_summary`` reports the counts). Test and holdout may share groups: both are
+evaluation-only (e.g. a real photo in test and its held-out fake).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold
+
+from lib.fileio import read_table, stable_hash, write_table
+from lib.data.manifest import manifest_fingerprint
+from lib.paths import CACHE_DIR
+
+SPLIT_COLUMNS = ["sha256", "split", "fold"]
+ROLES = ("trainval", "test", "holdout", "unused")
+_VERSION = 1   # bump when the algorithm changes, so cached tables are recomputed
+
+
+class SplitError(ValueError):
+    """The requested split cannot be made from this manifest."""
+
+
+# --- helpers ------------------------------------------------------------------------------------------------
+
+def _strata(frame: pd.DataFrame, n_splits: int) -> np.ndarray:
+    """label x source codes if every stratum spans at least ``n_splits`` groups, else label codes."""
+    combined = frame["label"].astype(str) + "|" + frame["source"].astype(str)
+    groups_per_stratum = frame.groupby(combined)["group"].nunique()
+    if groups_per_stratum.min() >= n_splits:
+        return pd.factorize(combined)[0]
+    return frame["label"].to_numpy()
+
+
+def _group_folds(frame: pd.DataFrame, n_splits: int, seed: int, what: str) -> np.ndarray:
+    """Fold number (0..n_splits-1) of each row of ``frame``, whole groups per fold, stratified."""
+    n_groups = frame["group"].nunique()
+    if n_groups < n_splits:
+        raise SplitError(f"{what}: only {n_groups} group(s) for {n_splits} splits; every split needs at least one "
+                         f"whole group. Use fewer folds or a smaller ratio.")
+    folds = np.full(len(frame), -1, dtype=np.int64)
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    x = np.zeros((len(frame), 1))
+    for fold, (_, val) in enumerate(splitter.split(x, _strata(frame, n_splits), frame["group"].to_numpy())):
+        folds[val] = fold
+    return folds
+
+
+def _has_both_labels(labels: pd.Series) -> bool:
+    return labels.nunique() == 2
+
+
+def _subsample_groups(frame: pd.DataFrame, fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask keeping whole groups, about ``fraction`` of the rows of each label-mix stratum of groups."""
+    per_group = frame.groupby("group").agg(size=("label", "size"), lowest=("label", "min"), highest=("label", "max"))
+    per_group["mix"] = per_group["lowest"].astype(str) + "+" + per_group["highest"].astype(str)  # 0+0, 0+1, 1+1
+    rng = np.random.default_rng(seed)
+    kept: list[str] = []
+    for _, stratum in per_group.groupby("mix", sort=True):
+        order = stratum.index.to_numpy()[rng.permutation(len(stratum))]
+        cumulative = stratum.loc[order, "size"].cumsum().to_numpy()
+        target = fraction * cumulative[-1]
+        count = max(1, int(np.argmin(np.abs(cumulative - target))) + 1)   # closest row count, at least one group
+        kept.extend(order[:count])
+    return frame["group"].isin(kept).to_numpy()
+
+
+def _check_manifest(manifest: pd.DataFrame) -> None:
+    missing = {"sha256", "label", "source", "group"} - set(manifest.columns)
+    if missing:
+        raise SplitError(f"manifest lacks column(s) {sorted(missing)}")
+    if not isinstance(manifest.index, pd.RangeIndex) or manifest.index.start != 0 or manifest.index.step != 1:
+        raise SplitError("manifest must have a RangeIndex starting at 0 (use .reset_index(drop=True))")
+
+
+# --- main entry ---------------------------------------------------------------------------------------------
+
+def make_splits(manifest: pd.DataFrame, n_folds: int = 5, test_ratio: float = 0.1, val_ratio: float = 0.1,
+                seed: int = 42, subsample: float = 1.0, holdout_sources: Iterable[str] = (),
+                cache_dir: str | Path | None = CACHE_DIR) -> pd.DataFrame:
+    """Split table aligned with ``manifest``: sha256, split (trainval/test/holdout/unused), fold (-1 if none).
+
+    Saved as ``cache_dir/splits/<key>.csv`` (key = hash of the manifest fingerprint and these parameters) and
+    reloaded from there when present; ``cache_dir=None`` disables the cache.
+    """
+    _check_manifest(manifest)
+    holdout_sources = sorted(set(holdout_sources))
+    if not (isinstance(n_folds, (int, np.integer)) and n_folds >= 1):
+        raise SplitError(f"n_folds must be an integer >= 1, got {n_folds!r}")
+    if not 0 <= test_ratio <= 0.5:
+        raise SplitError(f"test_ratio must be in [0, 0.5] (0 = no test hold-out), got {test_ratio}")
+    if n_folds == 1 and not 0 < val_ratio <= 0.5:
+        raise SplitError(f"val_ratio must be in (0, 0.5] when n_folds == 1, got {val_ratio}")
+    if not 0 < subsample <= 1:
+        raise SplitError(f"subsample must be in (0, 1], got {subsample}")
+    unknown = set(holdout_sources) - set(manifest["source"].unique())
+    if unknown:
+        raise SplitError(f"holdout source(s) {sorted(unknown)} not in the manifest; sources are "
+                         f"{sorted(manifest['source'].unique())}")
+
+    params = {"n_folds": int(n_folds), "test_ratio": float(test_ratio), "val_ratio": float(val_ratio),
+              "seed": int(seed), "subsample": float(subsample), "holdout_sources": holdout_sources}
+    cache_path = None
+    if cache_dir is not None:
+        key = stable_hash({"version": _VERSION, "manifest": manifest_fingerprint(manifest), **params})
+        cache_path = Path(cache_dir) / "splits" / f"{key}.csv"
+        if cache_path.exists():
+            cached = read_table(cache_path)
+            if len(cached) == len(manifest) and (cached["sha256"].to_numpy() == manifest["sha256"].to_numpy()).all():
+                return cached.astype({"sha256": str, "split": str, "fold": "int64"})[SPLIT_COLUMNS]
+
+    splits = _compute_splits(manifest, **params)
+    if cache_path is not None:
+        write_table(cache_path, splits)
+    return splits
+
+
+def _compute_splits(manifest: pd.DataFrame, n_folds: int, test_ratio: float, val_ratio: float, seed: int,
+                    subsample: float, holdout_sources: list[str]) -> pd.DataFrame:
+    n = len(manifest)
+    split = np.full(n, "unused", dtype=object)
+    fold = np.full(n, -1, dtype=np.int64)
+    held_source = manifest["source"].isin(holdout_sources).to_numpy()
+
+    # 1. groups made only of held-out sources
+    pure_holdout = pd.Series(held_source).groupby(manifest["group"].to_numpy()).transform("all").to_numpy()
+    split[pure_holdout] = "holdout"
+
+    # 2. test hold-out over the remaining groups
+    rest = np.flatnonzero(~pure_holdout)
+    if len(rest) == 0:
+        raise SplitError("every group belongs to a held-out source: nothing is left to train on")
+    in_test = np.zeros(n, dtype=bool)
+    if test_ratio > 0:
+        n_splits = max(2, round(1 / test_ratio))
+        frame = manifest.iloc[rest]
+        test_folds = _group_folds(frame, n_splits, seed, f"test hold-out (test_ratio={test_ratio})")
+        usable = frame["label"].to_numpy()
+        chosen = next((f for f in range(n_splits)
+                       if _has_both_labels(pd.Series(usable[(test_folds == f) & ~held_source[rest]]))), None)
+        if chosen is None:
+            raise SplitError(f"no test fold of test_ratio={test_ratio} holds both real and fake images: the groups "
+                             f"are too few or too unbalanced; try a larger test_ratio")
+        in_test[rest[test_folds == chosen]] = True
+    split[in_test & held_source] = "holdout"
+    split[in_test & ~held_source] = "test"
+    candidates = ~pure_holdout & ~in_test & ~held_source   # held-out sources in training groups stay "unused"
+
+    # 3. subsample of the trainval part
+    idx = np.flatnonzero(candidates)
+    if subsample < 1:
+        idx = idx[_subsample_groups(manifest.iloc[idx], subsample, seed)]
+    split[idx] = "trainval"
+    trainval = manifest.iloc[idx]
+    if not _has_both_labels(trainval["label"]):
+        raise SplitError("the training part holds only one class after the test hold-out, source hold-out and "
+                         "subsample; use a larger subsample or fewer held-out sources")
+
+    # 4. folds
+    if n_folds >= 2:
+        folds = _group_folds(trainval, n_folds, seed, f"{n_folds}-fold cross-validation")
+        _check_folds(trainval["label"].to_numpy(), folds, range(n_folds), f"n_folds={n_folds}")
+    else:
+        n_splits = max(2, round(1 / val_ratio))
+        candidate_folds = _group_folds(trainval, n_splits, seed, f"validation split (val_ratio={val_ratio})")
+        labels = trainval["label"].to_numpy()
+        chosen = next((f for f in range(n_splits) if _has_both_labels(pd.Series(labels[candidate_folds == f]))
+                       and _has_both_labels(pd.Series(labels[candidate_folds != f]))), None)
+        if chosen is None:
+            raise SplitError(f"no validation part of val_ratio={val_ratio} holds both classes; try a larger val_ratio")
+        folds = np.where(candidate_folds == chosen, 0, -1)
+    fold[idx] = folds
+    return pd.DataFrame({"sha256": manifest["sha256"].astype(str).to_numpy(), "split": split.astype(str),
+                         "fold": fold})
+
+
+def _check_folds(labels: np.ndarray, folds: np.ndarray, fold_range: Iterable[int], setting: str) -> None:
+    for f in fold_range:
+        for part, mask in (("validation", folds == f), ("training", folds != f)):
+            present = set(np.unique(labels[mask]).tolist())
+            if present != {0, 1}:
+                missing = "fake" if 1 not in present else "real"
+                raise SplitError(f"fold {f}: its {part} part has no {missing} images ({setting}); the classes are "
+                                 f"spread over too few groups, use fewer folds")
+
+
+# --- accessors ----------------------------------------------------------------------------------------------
+
+def fold_ids(splits: pd.DataFrame) -> list[int]:
+    """Folds that have a validation part (0..k-1)."""
+    trainval = splits["split"] == "trainval"
+    return sorted(int(f) for f in splits.loc[trainval & (splits["fold"] >= 0), "fold"].unique())
+
+
+def fold_indices(splits: pd.DataFrame, fold: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train_idx, val_idx): row positions of fold ``fold``'s training and validation parts."""
+    available = fold_ids(splits)
+    if fold not in available:
+        raise SplitError(f"fold {fold} does not exist; this split table has folds {available}")
+    trainval = (splits["split"] == "trainval").to_numpy()
+    is_fold = (splits["fold"] == fold).to_numpy()
+    return np.flatnonzero(trainval & ~is_fold), np.flatnonzero(trainval & is_fold)
+
+
+def test_indices(splits: pd.DataFrame) -> np.ndarray:
+    return np.flatnonzero((splits["split"] == "test").to_numpy())
+
+
+test_indices.__test__ = False   # the contract's name starts with "test_": keep pytest from collecting it
+
+
+def holdout_indices(splits: pd.DataFrame) -> np.ndarray:
+    return np.flatnonzero((splits["split"] == "holdout").to_numpy())
+
+
+def part_indices(splits: pd.DataFrame, fold: int) -> dict[str, np.ndarray]:
+    """Row positions of the fold's training and validation parts, the test hold-out and the source hold-out."""
+    train_idx, val_idx = fold_indices(splits, fold)
+    return {"train": train_idx, "val": val_idx, "test": test_indices(splits), "holdout": holdout_indices(splits)}
+
+
+def split_summary(manifest: pd.DataFrame, splits: pd.DataFrame) -> pd.DataFrame:
+    """Per fold and role: images, real, fake, groups, sources, and ``shared_groups`` = groups the role shares with
+    a role it must be disjoint from (0 in a sound table; NA for "unused", which is never read)."""
+    if len(manifest) != len(splits):
+        raise SplitError(f"split table has {len(splits)} rows but the manifest {len(manifest)}")
+    groups = manifest["group"].to_numpy()
+    role_of = splits["split"].to_numpy()
+    evaluation = set(groups[np.isin(role_of, ["test", "holdout"])])
+    trainval_groups = set(groups[role_of == "trainval"])
+
+    parts: list[tuple[int, str, np.ndarray, set | None]] = []
+    for f in fold_ids(splits):
+        train_idx, val_idx = fold_indices(splits, f)
+        train_g, val_g = set(groups[train_idx]), set(groups[val_idx])
+        parts.append((f, "train", train_idx, val_g | evaluation))
+        parts.append((f, "val", val_idx, train_g | evaluation))
+    parts.append((-1, "test", test_indices(splits), trainval_groups))
+    parts.append((-1, "holdout", holdout_indices(splits), trainval_groups))
+    parts.append((-1, "unused", np.flatnonzero(role_of == "unused"), None))
+
+    labels = manifest["label"].to_numpy()
+    sources = manifest["source"].to_numpy()
+    rows = []
+    for f, role, index, disjoint_from in parts:
+        own = set(groups[index])
+        rows.append({"fold": f, "role": role, "images": len(index), "real": int((labels[index] == 0).sum()),
+                     "fake": int((labels[index] == 1).sum()), "groups": len(own),
+                     "sources": len(set(sources[index])),
+                     "shared_groups": pd.NA if disjoint_from is None else len(own & disjoint_from)})
+    summary = pd.DataFrame(rows)
+    summary["shared_groups"] = summary["shared_groups"].astype("Int64")
+    return summary

@@ -1,0 +1,324 @@
+"""Model-agnostic training loop for one-logit binary detectors on the tensor cache.
+
+``fit`` trains with BCEWithLogitsLoss, validates each epoch (loss, AUC, accuracy), early-stops on
+validation AUC and restores the best epoch. It knows nothing about specific models: a model may
+expose ``regularization_loss()`` (e.g. an attention-entropy term), which is added to the loss.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from lib.data.augment import AugmentPolicy
+from lib.data.cache import IMAGENET_MEAN, IMAGENET_STD, BatchLoader, channel_stats
+
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULERS = ("cosine", "plateau", "onecycle", "none")
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+NORMALIZATIONS = ("imagenet", "train", "train_real")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides how a model is trained (part of the run key).
+
+    t_max: cosine period in epochs (0 = ``epochs``). patience: stop after this many epochs without
+    a better validation AUC (0 = never stop early); the best epoch is restored either way.
+    grad_clip: max gradient norm (0 = off). amp: mixed precision on CUDA; a no-op on CPU.
+    normalization: "imagenet" statistics, "train" (statistics of the training images) or "train_real"
+    (statistics of the REAL training images only, so the fakes cannot shift the input scaling).
+    """
+
+    epochs: int = 5
+    batch_size: int = 64
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    scheduler: str = "cosine"
+    t_max: int = 0
+    warmup_epochs: int = 0
+    patience: int = 0
+    grad_clip: float = 0.0
+    accum_steps: int = 1
+    amp: str = "auto"
+    normalization: str = "imagenet"
+    augment: AugmentPolicy | None = None
+    seed: int = 42
+    device: str = "auto"
+    eval_batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        if isinstance(self.augment, dict):  # from JSON/YAML
+            object.__setattr__(self, "augment", AugmentPolicy(**self.augment))
+        checks = {
+            "optimizer": (self.optimizer, OPTIMIZERS),
+            "scheduler": (self.scheduler, SCHEDULERS),
+            "amp": (self.amp, AMP_MODES),
+            "normalization": (self.normalization, NORMALIZATIONS),
+        }
+        for name, (value, valid) in checks.items():
+            if value not in valid:
+                raise ValueError(f"unknown TrainConfig.{name} {value!r}; valid: {', '.join(valid)}")
+        for name in ("epochs", "batch_size", "accum_steps", "eval_batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
+        if self.warmup_epochs >= self.epochs and self.warmup_epochs > 0:
+            raise ValueError(f"TrainConfig.warmup_epochs ({self.warmup_epochs}) must be < epochs ({self.epochs})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        return cls(**d)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def select_device(device: str | torch.device = "auto") -> torch.device:
+    """"auto" -> CUDA when available, else Apple MPS, else CPU; anything else is taken literally."""
+    if str(device) != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None. Mixed precision only on CUDA: on CPU/MPS every mode means off."""
+    if device.type != "cuda" or amp == "off":
+        return None
+    if amp == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if amp == "bf16" else torch.float16
+
+
+def normalization_stats(config: TrainConfig, images: np.ndarray, train_idx: np.ndarray,
+                        labels: np.ndarray | Sequence[int] | None = None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) used to normalise inputs, in [0, 1] pixel units.
+
+    ``labels`` (aligned with ``images``) is needed only by ``normalization="train_real"``.
+    """
+    if config.normalization == "train":
+        return channel_stats(images, train_idx)
+    if config.normalization == "train_real":
+        if labels is None:
+            raise ValueError('normalization="train_real" needs the labels to find the real training images')
+        train_idx = np.asarray(train_idx, dtype=np.int64)
+        real = train_idx[np.asarray(labels)[train_idx] == 0]
+        if real.size == 0:
+            raise ValueError('normalization="train_real": the training part has no real image')
+        return channel_stats(images, real)
+    return IMAGENET_MEAN, IMAGENET_STD
+
+
+def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters")
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
+
+
+def _make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
+    """Returns (scheduler, step_unit): "step" schedulers advance per optimizer step, "epoch" per epoch."""
+    sched = torch.optim.lr_scheduler
+    if cfg.scheduler == "none":
+        return None, None
+    if cfg.scheduler == "plateau":
+        return sched.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=max(1, cfg.patience // 2)), "epoch"
+    total = cfg.epochs * steps_per_epoch
+    if cfg.scheduler == "onecycle":
+        pct = cfg.warmup_epochs / cfg.epochs if cfg.warmup_epochs else 0.3
+        return sched.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=pct), "step"
+    warm = cfg.warmup_epochs * steps_per_epoch
+    period = (cfg.t_max or cfg.epochs) * steps_per_epoch - warm
+    cosine = sched.CosineAnnealingLR(opt, T_max=max(1, period))
+    if warm == 0:
+        return cosine, "step"
+    linear = sched.LinearLR(opt, start_factor=0.1, end_factor=1.0, total_iters=warm)
+    return sched.SequentialLR(opt, [linear, cosine], milestones=[warm]), "step"
+
+
+def _forward_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    out = model(x)
+    if out.ndim == 2 and out.shape[1] == 1:
+        return out[:, 0]
+    if out.ndim == 1:
+        return out
+    raise ValueError(f"the model must return (N, 1) logits for binary training, got shape {tuple(out.shape)}")
+
+
+@torch.inference_mode()
+def predict_logits(
+    model: nn.Module,
+    images: np.ndarray,
+    indices: np.ndarray | Sequence[int],
+    batch_size: int = 256,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    device: str | torch.device = "auto",
+    amp: str = "off",
+    progress: bool = False,
+) -> np.ndarray:
+    """Logits for ``images[indices]``, in the order of ``indices``. Never augments."""
+    dev = select_device(device)
+    model.to(dev).eval()
+    loader = BatchLoader(images, None, indices, batch_size=batch_size, shuffle=False, mean=mean, std=std, device=dev)
+    amp_dtype = resolve_amp(amp, dev)
+    out = []
+    for x, _ in tqdm(loader, desc="predict", leave=False, disable=not progress):
+        with torch.autocast(dev.type, dtype=amp_dtype) if amp_dtype else nullcontext():
+            out.append(_forward_logits(model, x).float().cpu())
+    return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
+
+
+def predict(model: nn.Module, images: np.ndarray, indices: np.ndarray | Sequence[int], **kwargs: Any) -> np.ndarray:
+    """Probabilities of "fake" (sigmoid of the logit) for ``images[indices]``; kwargs as ``predict_logits``."""
+    from scipy.special import expit  # overflow-safe sigmoid
+
+    return expit(predict_logits(model, images, indices, **kwargs))
+
+
+def _auc(y: np.ndarray, scores: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(y, scores)) if len(np.unique(y)) == 2 else float("nan")
+
+
+def fit(
+    model: nn.Module,
+    images: np.ndarray,
+    labels: np.ndarray | Sequence[int],
+    train_idx: np.ndarray | Sequence[int],
+    val_idx: np.ndarray | Sequence[int] | None = None,
+    config: TrainConfig = TrainConfig(),
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    progress: bool = True,
+    desc: str = "train",
+) -> tuple[nn.Module, pd.DataFrame]:
+    """Train ``model`` on ``images[train_idx]``; return it restored to its best epoch, and the history.
+
+    The best epoch is the one with the highest validation AUC (lowest validation loss when the
+    validation part has one class only); without ``val_idx`` the last epoch is kept. ``mean``/``std``
+    default to ``normalization_stats(config, images, train_idx)``; pass the same values to ``predict``.
+    History columns: epoch, train_loss, val_loss, val_auc, val_accuracy, lr, seconds, best.
+    """
+    cfg = config
+    labels = np.asarray(labels, dtype=np.float32)
+    train_idx = np.asarray(train_idx, dtype=np.int64)
+    val_idx = None if val_idx is None or len(val_idx) == 0 else np.asarray(val_idx, dtype=np.int64)
+    if train_idx.size == 0:
+        raise ValueError("fit: the training part is empty")
+    if len(np.unique(labels[train_idx])) < 2:
+        raise ValueError("fit: the training part has a single class; a binary detector needs real and fake images")
+    seed_everything(cfg.seed)
+    device = select_device(cfg.device)
+    if mean is None or std is None:
+        mean, std = normalization_stats(cfg, images, train_idx, labels)
+    model.to(device)
+    amp_dtype = resolve_amp(cfg.amp, device)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+
+    train_loader = BatchLoader(
+        images, labels, train_idx, batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed,
+        augment=cfg.augment, mean=mean, std=std, device=device,
+        drop_last=train_idx.size > cfg.batch_size,  # avoid a size-1 last batch (BatchNorm) when we can
+    )
+    steps_per_epoch = max(1, math.ceil(len(train_loader) / cfg.accum_steps))
+    opt = _make_optimizer(model, cfg)
+    scheduler, sched_unit = _make_scheduler(opt, cfg, steps_per_epoch)
+    loss_fn = nn.BCEWithLogitsLoss()
+    has_reg = callable(getattr(model, "regularization_loss", None))
+
+    rows: list[dict[str, Any]] = []
+    best_score, best_state, best_epoch, since_best = -math.inf, None, 0, 0
+    epochs_bar = tqdm(range(1, cfg.epochs + 1), desc=desc, unit="epoch", disable=not progress)
+    for epoch in epochs_bar:
+        start = time.perf_counter()
+        model.train()
+        lr_now = opt.param_groups[0]["lr"]
+        total, count = 0.0, 0
+        opt.zero_grad(set_to_none=True)
+        batches = tqdm(train_loader, desc=f"epoch {epoch}", leave=False, disable=not progress)
+        for i, (x, y) in enumerate(batches, start=1):
+            with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
+                loss = loss_fn(_forward_logits(model, x).float(), y)
+                if has_reg:
+                    loss = loss + model.regularization_loss()
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite training loss at epoch {epoch}, batch {i}: lower the lr or check the data")
+            scaler.scale(loss / cfg.accum_steps).backward()
+            total += float(loss.detach()) * y.shape[0]
+            count += y.shape[0]
+            if i % cfg.accum_steps == 0 or i == len(train_loader):
+                if cfg.grad_clip > 0:
+                    scaler.unscale_(opt)
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                scaler.step(opt)
+                scaler.update()
+                opt.zero_grad(set_to_none=True)
+                if sched_unit == "step":
+                    scheduler.step()
+            batches.set_postfix(loss=f"{total / count:.4f}")
+
+        row: dict[str, Any] = {"epoch": epoch, "train_loss": total / max(count, 1), "val_loss": math.nan,
+                               "val_auc": math.nan, "val_accuracy": math.nan, "lr": lr_now}
+        if val_idx is not None:
+            logits = predict_logits(model, images, val_idx, cfg.eval_batch_size, mean, std, device, cfg.amp)
+            yv = labels[val_idx]
+            row["val_loss"] = float(loss_fn(torch.from_numpy(logits), torch.from_numpy(yv).double()))
+            row["val_auc"] = _auc(yv, logits)
+            row["val_accuracy"] = float(np.mean((logits > 0) == (yv > 0.5)))
+            score = row["val_auc"] if not math.isnan(row["val_auc"]) else -row["val_loss"]
+            if sched_unit == "epoch":
+                scheduler.step(score)
+        else:
+            score = epoch  # no validation: the last epoch is the best we know
+        row["seconds"] = time.perf_counter() - start
+        row["best"] = score > best_score
+        if row["best"]:
+            best_score, best_epoch, since_best = score, epoch, 0
+            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+        else:
+            since_best += 1
+        rows.append(row)
+        epochs_bar.set_postfix(loss=f"{row['train_loss']:.4f}", val_auc=f"{row['val_auc']:.3f}")
+        if cfg.patience > 0 and since_best >= cfg.patience:
+            break
+    epochs_bar.close()
+
+    if best_state is not None and best_epoch != rows[-1]["epoch"]:
+        model.load_state_dict(best_state)
+    model.eval()
+    history = pd.DataFrame(rows)
+    history["best"] = history["epoch"] == best_epoch  # the restored epoch, not every improvement
+    return model, history

@@ -1,0 +1,298 @@
+"""Run store: one folder per (dataset, split table, recipe, model, training config, fold).
+
+A run folder ``RUNS_DIR/<key>/`` holds ``history.csv``, ``predictions.parquet``, ``metrics.json``,
+``model.safetensors`` and, written LAST, ``config.json``: a folder without ``config.json`` is an
+interrupted run and is retrained from scratch; a complete one is loaded, never retrained. The key
+hashes the full ``RunSpec``, so changing anything that affects the result gives a new folder.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from lib.data.cache import build_cache
+from lib.fileio import atomic_write, read_json, read_table, stable_hash, write_json, write_table
+from lib.paths import CACHE_DIR, RUNS_DIR
+from lib.data.recipes import Recipe
+from lib.training.fit import TrainConfig, fit, normalization_stats, predict, seed_everything
+
+RUN_FILES = ("history.csv", "predictions.parquet", "metrics.json", "model.safetensors", "config.json")
+# Arguments that only say where initial weights come from: a trained checkpoint replaces them.
+_INIT_ONLY_KWARGS = ("pretrained", "weights_path")
+
+
+def split_key(splits: pd.DataFrame) -> str:
+    """Hash of a split table's content (image, split, fold per row)."""
+    missing = {"sha256", "split", "fold"} - set(splits.columns)
+    if missing:
+        raise ValueError(f"split table lacks columns {sorted(missing)}")
+    return stable_hash(
+        {c: splits[c].astype(str if c != "fold" else int).tolist() for c in ("sha256", "split", "fold")}, length=16
+    )
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything that determines one trained model and its predictions."""
+
+    dataset: str  # dataset fingerprint
+    split_key: str
+    recipe: Recipe
+    model: str
+    train: TrainConfig
+    fold: int
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return stable_hash(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunSpec":
+        d = dict(d)
+        d["recipe"] = Recipe.from_dict(d["recipe"])
+        d["train"] = TrainConfig.from_dict(d["train"])
+        return cls(**d)
+
+    @classmethod
+    def for_fold(cls, dataset: Any, splits: pd.DataFrame, recipe: Recipe, model: str, train: TrainConfig,
+                 fold: int, model_kwargs: dict[str, Any] | None = None) -> "RunSpec":
+        return cls(dataset=dataset.fingerprint, split_key=split_key(splits), recipe=recipe, model=model,
+                   train=train, fold=int(fold), model_kwargs=dict(model_kwargs or {}))
+
+
+@dataclass
+class RunResult:
+    spec: RunSpec
+    key: str
+    run_dir: Path
+    history: pd.DataFrame
+    predictions: pd.DataFrame
+    metrics: dict[str, Any]
+    trained: bool  # True when this call trained it, False when it was loaded from the store
+    model: nn.Module | None = None
+
+    def get_model(self) -> nn.Module:
+        """The trained model (loaded from ``model.safetensors`` on first use for stored runs)."""
+        if self.model is None:
+            self.model = load_model(self.run_dir)
+        return self.model
+
+
+def is_complete(run_dir: str | Path) -> bool:
+    run_dir = Path(run_dir)
+    return all((run_dir / name).is_file() for name in RUN_FILES)
+
+
+def load_run(run_dir: str | Path) -> RunResult:
+    run_dir = Path(run_dir)
+    if not is_complete(run_dir):
+        raise FileNotFoundError(f"run folder {run_dir} is incomplete (no config.json or a missing file)")
+    config = read_json(run_dir / "config.json")
+    return RunResult(
+        spec=RunSpec.from_dict(config["spec"]), key=config["key"], run_dir=run_dir,
+        history=read_table(run_dir / "history.csv"), predictions=read_table(run_dir / "predictions.parquet"),
+        metrics=read_json(run_dir / "metrics.json"), trained=False,
+    )
+
+
+def build_model(spec: RunSpec, for_loading: bool = False) -> nn.Module:
+    from lib.models import create_model  # lazy: the registry is another module's job
+
+    kwargs = dict(spec.model_kwargs)
+    if for_loading:  # the checkpoint holds every weight: do not read (or require) initial weights
+        for name in _INIT_ONLY_KWARGS:
+            kwargs.pop(name, None)
+    return create_model(spec.model, num_classes=1, **kwargs)
+
+
+def load_model(run_dir: str | Path) -> nn.Module:
+    """Rebuild the architecture recorded in ``config.json`` and load ``model.safetensors`` strictly.
+
+    The architecture and its kwargs come from the run's own config, so a checkpoint cannot be loaded
+    into a different model; a mismatch raises instead of loading partially.
+    """
+    from safetensors.torch import load_model as load_safetensors
+
+    run_dir = Path(run_dir)
+    if not is_complete(run_dir):
+        raise FileNotFoundError(f"run folder {run_dir} is incomplete: no trained model to load")
+    config = read_json(run_dir / "config.json")
+    spec = RunSpec.from_dict(config["spec"])
+    if spec.key != config["key"]:
+        raise ValueError(f"{run_dir}/config.json: the recorded key {config['key']} does not match its spec ({spec.key})")
+    model = build_model(spec, for_loading=True)
+    load_safetensors(model, str(run_dir / "model.safetensors"), strict=True)  # raises on any mismatch
+    return model.eval()
+
+
+def train_or_load(
+    spec: RunSpec,
+    dataset: Any,
+    splits: pd.DataFrame,
+    runs_dir: str | Path = RUNS_DIR,
+    progress: bool = True,
+    boxes: np.ndarray | None = None,
+    cache_dir: str | Path = CACHE_DIR,
+) -> RunResult:
+    """Load the run if its folder is complete, else train it, evaluate val/test/holdout and write it."""
+    run_dir = Path(runs_dir) / spec.key
+    if is_complete(run_dir):
+        return load_run(run_dir)
+    if spec.dataset != dataset.fingerprint:
+        raise ValueError(f"RunSpec is for dataset {spec.dataset}, but the dataset given is {dataset.fingerprint}")
+    if spec.split_key != split_key(splits):
+        raise ValueError("RunSpec was made for another split table (split_key differs)")
+    manifest = dataset.manifest
+    if len(splits) != len(manifest):
+        raise ValueError(f"split table ({len(splits)} rows) is not aligned with the manifest ({len(manifest)} rows)")
+
+    images = build_cache(manifest, spec.recipe, boxes=boxes, cache_dir=cache_dir, progress=progress)
+    labels = manifest["label"].to_numpy()
+    from lib.data.splits import part_indices  # lazy: another module's job
+
+    parts = part_indices(splits, spec.fold)
+    cfg = spec.train
+    mean, std = normalization_stats(cfg, images, parts["train"], labels)
+
+    from lib.models import count_parameters
+
+    seed_everything(cfg.seed)  # initial weights are part of the run: draw them from the run's seed
+    model = build_model(spec)
+    start = time.perf_counter()
+    model, history = fit(model, images, labels, parts["train"], parts["val"], cfg, mean=mean, std=std,
+                         progress=progress, desc=f"{spec.model} fold {spec.fold}")
+    train_seconds = time.perf_counter() - start
+
+    predictions, metrics = _evaluate(model, images, manifest, parts, spec, mean, std, progress)
+    best = history.loc[history["best"]].iloc[0]
+    metrics.update(
+        epochs_trained=int(len(history)), best_epoch=int(best["epoch"]), best_val_auc=float(best["val_auc"]),
+        train_seconds=train_seconds, n_parameters=int(count_parameters(model)),
+        normalization={"mean": list(mean), "std": list(std)}, history=history.to_dict("records"),
+    )
+
+    if run_dir.exists():  # leftovers of an interrupted attempt
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    write_table(run_dir / "history.csv", history)
+    write_table(run_dir / "predictions.parquet", predictions)
+    write_json(run_dir / "metrics.json", metrics)
+    _save_weights(model, run_dir / "model.safetensors")
+    write_json(run_dir / "config.json", {  # last: its presence marks the run complete
+        "key": spec.key, "spec": spec.to_dict(), "cache_recipe_key": spec.recipe.key,
+        "torch_version": torch.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    })
+    return RunResult(spec=spec, key=spec.key, run_dir=run_dir, history=history, predictions=predictions,
+                     metrics=metrics, trained=True, model=model)
+
+
+def _save_weights(model: nn.Module, path: Path) -> None:
+    from safetensors.torch import save_model  # handles tied/shared tensors, unlike save_file
+
+    model_cpu = model.to("cpu")
+    atomic_write(path, lambda p: save_model(model_cpu, str(p)))
+
+
+def _evaluate(model: nn.Module, images: np.ndarray, manifest: pd.DataFrame, parts: dict, spec: RunSpec,
+              mean, std, progress: bool) -> tuple[pd.DataFrame, dict[str, Any]]:
+    from lib.evaluation.metrics import binary_metrics  # lazy: another module's job
+
+    cols = [c for c in ("path", "label", "source", "group") if c in manifest.columns]
+    frames, metrics = [], {}
+    for part in ("val", "test", "holdout"):
+        idx = parts[part]
+        if idx is None or len(idx) == 0:
+            metrics[part] = None
+            continue
+        prob = predict(model, images, idx, batch_size=spec.train.eval_batch_size, mean=mean, std=std,
+                       device=spec.train.device, amp=spec.train.amp, progress=progress)
+        frame = manifest.iloc[idx][cols].reset_index(drop=True)
+        frame.insert(0, "row", np.asarray(idx, dtype=np.int64))
+        frame["split"] = part
+        frame["fold"] = spec.fold
+        frame["probability"] = prob
+        frames.append(frame)
+        metrics[part] = binary_metrics(frame["label"].to_numpy(), prob)
+    return pd.concat(frames, ignore_index=True), metrics
+
+
+def _flat_metrics(prefix: str, m: dict[str, Any] | None) -> dict[str, Any]:
+    if not m:
+        return {}
+    return {f"{prefix}_{k}": v for k, v in m.items() if isinstance(v, (int, float, np.integer, np.floating))}
+
+
+def run_cv(
+    dataset: Any,
+    splits: pd.DataFrame,
+    recipe: Recipe,
+    model_name: str,
+    train_config: TrainConfig,
+    model_kwargs: dict[str, Any] | None = None,
+    folds: Iterable[int] | None = None,
+    runs_dir: str | Path = RUNS_DIR,
+    progress: bool = True,
+    boxes: np.ndarray | None = None,
+    cache_dir: str | Path = CACHE_DIR,
+) -> pd.DataFrame:
+    """Train (or load) one run per fold; tidy table with one row per fold.
+
+    Columns: model, fold, run_key, trained, epochs, best_epoch, seconds, n_parameters, then
+    ``val_*``, ``test_*`` and ``holdout_*`` scalar metrics from ``lib.evaluation.metrics.binary_metrics``.
+    An interrupted call keeps every finished fold; the next call trains only the missing ones.
+    """
+    if folds is None:
+        from lib.data.splits import fold_ids
+
+        folds = fold_ids(splits)
+    folds = list(folds)
+    if not folds:
+        raise ValueError("the split table has no cross-validation folds")
+    rows = []
+    for fold in folds:
+        spec = RunSpec.for_fold(dataset, splits, recipe, model_name, train_config, fold, model_kwargs)
+        result = train_or_load(spec, dataset, splits, runs_dir=runs_dir, progress=progress, boxes=boxes,
+                               cache_dir=cache_dir)
+        m = result.metrics
+        row = {"model": model_name, "fold": int(fold), "run_key": result.key, "recipe": recipe.key,
+               "trained": result.trained, "epochs": m["epochs_trained"], "best_epoch": m["best_epoch"],
+               "seconds": m["train_seconds"], "n_parameters": m["n_parameters"]}
+        for part in ("val", "test", "holdout"):
+            row.update(_flat_metrics(part, m.get(part)))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def collect_predictions(runs: pd.DataFrame | Iterable[str], runs_dir: str | Path = RUNS_DIR) -> pd.DataFrame:
+    """All predictions of the given runs (a ``run_cv`` table or run keys), with model and run_key columns."""
+    keys = runs["run_key"].tolist() if isinstance(runs, pd.DataFrame) else list(runs)
+    frames = []
+    for key in keys:
+        result = load_run(Path(runs_dir) / key)
+        frame = result.predictions.copy()
+        frame.insert(0, "run_key", key)
+        frame.insert(0, "model", result.spec.model)
+        frames.append(frame)
+    if not frames:
+        raise ValueError("collect_predictions: no runs given")
+    return pd.concat(frames, ignore_index=True)
+
+
+def collect_histories(cv: pd.DataFrame, by: str = "model", runs_dir: str | Path = RUNS_DIR) -> pd.DataFrame:
+    """Per-epoch training history of every run in a `run_cv` table, tagged with `by` and fold."""
+    frames = [load_run(Path(runs_dir) / row["run_key"]).history.assign(**{by: row[by], "fold": row["fold"]})
+              for _, row in cv.iterrows()]
+    return pd.concat(frames, ignore_index=True)

@@ -1,0 +1,149 @@
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+import lib.training.runstore as runstore
+from lib.data.augment import AugmentPolicy
+from lib.fileio import sha256_file
+from lib.data.recipes import Recipe
+from lib.training.runstore import RunSpec, collect_predictions, is_complete, load_model, run_cv, split_key, train_or_load
+from lib.training.fit import TrainConfig, predict
+
+RECIPE = Recipe(size=16)
+CFG = TrainConfig(epochs=2, batch_size=8, lr=1e-2, seed=0, device="cpu", eval_batch_size=8)
+MODEL_KW = {"widths": [4, 8]}  # a very small simple_cnn
+
+
+@pytest.fixture
+def study(tmp_path):
+    """20 PNGs (fakes brighter), a hand-made split table: 2 folds, 4 test rows, 2 holdout rows."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(20):
+        label = i % 2
+        img = (rng.integers(0, 150, (16, 20, 3)) + 100 * label).clip(0, 255).astype(np.uint8)
+        path = tmp_path / "img" / f"{i:02d}.png"
+        path.parent.mkdir(exist_ok=True)
+        Image.fromarray(img).save(path)
+        rows.append({"path": path.as_posix(), "label": label, "source": "gen" if label else "real",
+                     "group": f"g{i // 2}", "sha256": sha256_file(path)})
+    manifest = pd.DataFrame(rows)
+    split = ["trainval"] * 14 + ["test"] * 4 + ["holdout"] * 2
+    fold = [(i // 2) % 2 for i in range(14)] + [-1] * 6
+    splits = pd.DataFrame({"sha256": manifest["sha256"], "split": split, "fold": fold})
+    dataset = SimpleNamespace(name="tiny", manifest=manifest, fingerprint="fp-tiny")
+    return SimpleNamespace(dataset=dataset, splits=splits, runs=tmp_path / "runs", cache=tmp_path / "cache")
+
+
+def _spec(s, fold=0, **changes):
+    spec = RunSpec.for_fold(s.dataset, s.splits, RECIPE, "simple_cnn", CFG, fold, MODEL_KW)
+    return RunSpec(**{**spec.__dict__, **changes})
+
+
+def test_key_is_stable_and_covers_every_part(study):
+    spec = _spec(study)
+    assert spec.key == _spec(study).key
+    assert spec.key == RunSpec.from_dict(json.loads(json.dumps(spec.to_dict()))).key  # survives JSON
+    augmented = _spec(study, train=TrainConfig(augment=AugmentPolicy(crop_scale=(0.5, 1.0), jpeg_p=0.3)))
+    restored = RunSpec.from_dict(json.loads(json.dumps(augmented.to_dict())))
+    assert restored == augmented and restored.key == augmented.key  # tuples came back from JSON lists
+    others = [_spec(study, fold=1), _spec(study, recipe=Recipe(size=32)), _spec(study, model="cifake_cnn"),
+              _spec(study, train=TrainConfig(epochs=3)), _spec(study, model_kwargs={"widths": [4, 16]}),
+              _spec(study, dataset="other"), _spec(study, split_key="other")]
+    assert len({spec.key} | {o.key for o in others}) == 8
+    changed = study.splits.copy()
+    changed.loc[0, "fold"] = 1
+    assert split_key(changed) != split_key(study.splits)
+
+
+def test_train_writes_a_complete_folder_then_loads_it(study):
+    spec = _spec(study)
+    first = train_or_load(spec, study.dataset, study.splits, runs_dir=study.runs, progress=False, cache_dir=study.cache)
+    run_dir = study.runs / spec.key
+    assert first.trained and is_complete(run_dir)
+    assert {p.name for p in run_dir.iterdir()} == set(runstore.RUN_FILES)
+
+    preds = first.predictions
+    assert set(preds.columns) >= {"path", "label", "source", "group", "split", "fold", "probability"}
+    assert preds.groupby("split").size().to_dict() == {"val": 8, "test": 4, "holdout": 2}
+    val_rows = np.flatnonzero((study.splits["split"] == "trainval") & (study.splits["fold"] == 0))
+    assert sorted(preds.loc[preds["split"] == "val", "row"]) == val_rows.tolist()
+    assert ((preds["probability"] >= 0) & (preds["probability"] <= 1)).all()
+    m = first.metrics
+    assert m["epochs_trained"] == 2 and m["n_parameters"] > 0 and m["test"]["n"] == 4 and "auc" in m["val"]
+
+    again = train_or_load(spec, study.dataset, study.splits, runs_dir=study.runs, progress=False, cache_dir=study.cache)
+    assert not again.trained
+    pd.testing.assert_frame_equal(again.predictions, preds)
+
+    # the stored weights reproduce the stored predictions
+    from lib.data.cache import build_cache
+
+    images = build_cache(study.dataset.manifest, RECIPE, cache_dir=study.cache, progress=False)
+    mean, std = m["normalization"]["mean"], m["normalization"]["std"]
+    test = preds[preds["split"] == "test"]
+    reloaded = predict(load_model(run_dir), images, test["row"].to_numpy(), mean=mean, std=std, device="cpu")
+    np.testing.assert_allclose(reloaded, test["probability"].to_numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_checkpoint_cannot_be_loaded_into_another_architecture(study):
+    spec = _spec(study)
+    train_or_load(spec, study.dataset, study.splits, runs_dir=study.runs, progress=False, cache_dir=study.cache)
+    config_path = study.runs / spec.key / "config.json"
+    config = json.loads(config_path.read_text())
+    config["spec"]["model_kwargs"] = {"widths": [4, 16]}
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="does not match"):
+        load_model(study.runs / spec.key)
+    config["key"] = RunSpec.from_dict(config["spec"]).key  # even a consistent-looking config fails strictly
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(RuntimeError):
+        load_model(study.runs / spec.key)
+
+
+def test_mismatched_dataset_or_splits_are_refused(study):
+    with pytest.raises(ValueError, match="dataset"):
+        train_or_load(_spec(study, dataset="other"), study.dataset, study.splits, runs_dir=study.runs, progress=False)
+    with pytest.raises(ValueError, match="split"):
+        train_or_load(_spec(study, split_key="other"), study.dataset, study.splits, runs_dir=study.runs, progress=False)
+
+
+def test_interrupted_study_resumes_with_only_the_missing_folds(study, monkeypatch):
+    real_fit = runstore.fit
+    calls = []
+
+    def crash_on_second_fold(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed during fold 1")
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(runstore, "fit", crash_on_second_fold)
+    kwargs = dict(model_kwargs=MODEL_KW, runs_dir=study.runs, progress=False, cache_dir=study.cache)
+    with pytest.raises(KeyboardInterrupt):
+        run_cv(study.dataset, study.splits, RECIPE, "simple_cnn", CFG, **kwargs)
+    assert is_complete(study.runs / _spec(study, fold=0).key)
+    assert not (study.runs / _spec(study, fold=1).key).exists()
+
+    # an incomplete folder (config.json missing) counts as not done
+    (study.runs / _spec(study, fold=1).key).mkdir()
+    (study.runs / _spec(study, fold=1).key / "history.csv").write_text("partial")
+
+    calls.clear()
+    monkeypatch.setattr(runstore, "fit", lambda *a, **k: (calls.append(1), real_fit(*a, **k))[1])
+    table = run_cv(study.dataset, study.splits, RECIPE, "simple_cnn", CFG, **kwargs)
+    assert len(calls) == 1  # only fold 1 was trained
+    assert table["fold"].tolist() == [0, 1] and table["trained"].tolist() == [False, True]
+    assert {"val_auc", "test_auc", "holdout_accuracy", "run_key", "seconds"} <= set(table.columns)
+
+    calls.clear()
+    run_cv(study.dataset, study.splits, RECIPE, "simple_cnn", CFG, **kwargs)
+    assert calls == []  # warm: everything loaded
+
+    preds = collect_predictions(table, runs_dir=study.runs)
+    assert set(preds["run_key"]) == set(table["run_key"]) and (preds["model"] == "simple_cnn").all()
+    assert len(preds) == (8 + 4 + 2) + (6 + 4 + 2)  # fold 0 validates 4 groups, fold 1 three
