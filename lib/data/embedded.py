@@ -423,77 +423,64 @@ def build_embedded(preset: str = "default", seed: int = DEFAULT_SEED, out_dir: P
     return root
 
 
-def _build_into(folder: Path, params: dict[str, Any], name: str, progress: bool) -> dict[str, Any]:
-    """Generate every image and metadata.csv into `folder`; return the card (without writing it)."""
-    start = time.perf_counter()
-    seed, size = params["seed"], params["crop_size"]
-    real_w = round(params["aspect"] * size) if params["geometry_shortcut"] else size
-    real_jpeg = params["jpeg_quality"] if params["compression"] == "real_jpeg" else None
-    fake_sources = list(FAKE_SOURCES) if params["dcgan_count"] > 0 else list(FAKE_SOURCES[:-1])
-    if params["dcgan_count"] > 0:
-        require_dcgan_weights()  # fail before minutes of work, not after
+class _Steps:
+    """One progress bar over the named build steps; `next()` closes the previous step and shows the next one."""
 
-    steps = ["photos", "real crops", *[f"train {k}" for k in AE_SOURCES], "AE fakes", "inpaint", "dcgan faces", "write + checksums"]
-    bar = tqdm(total=len(steps), desc="embedded dataset", disable=not progress)
-    done: list[str] = []
+    def __init__(self, names: list[str], progress: bool):
+        self.names, self.done = names, 0
+        self.bar = tqdm(total=len(names), desc="embedded dataset", disable=not progress)
 
-    def tick() -> None:  # closes the previous step and names the next one on the bar
-        if done:
-            bar.update(1)
-        done.append(steps[len(done)])
-        bar.set_postfix_str(done[-1])
+    def next(self) -> None:
+        if self.done:
+            self.bar.update(1)
+        self.bar.set_postfix_str(self.names[self.done])
+        self.done += 1
 
-    # Float reductions depend on how work is split between threads, so the count is fixed: one thread,
-    # because on a busy 2-core machine two OpenMP threads made the smoke build 5x slower (28 s vs 5 s).
-    # We do not call torch.use_deterministic_algorithms(True): on CPU it swaps oneDNN kernels for reference
-    # ones 5-8x slower here (measured), and CPU kernels are already run-to-run deterministic (tested).
-    prev_threads = torch.get_num_threads()
-    torch.set_num_threads(int(params["torch_threads"]))
-    try:
-        tick()
-        photos = load_photos()
+    def close(self) -> None:
+        self.bar.update(1)
+        self.bar.close()
 
-        tick()
-        rng_real = _rng(seed, "real-crops")
-        real = {p: sample_crops(v, params["real_per_photo"], real_w, size, params["scale_range"], rng_real)
-                for p, v in photos.items()}
-        # The autoencoders learn from square real crops of all photographs (an "aligned" training set).
-        rng_pool = _rng(seed, "ae-pool")
-        per_photo = -(-params["ae_pool"] // len(photos))
-        pool = np.concatenate([sample_crops(v, per_photo, size, size, params["scale_range"], rng_pool) for v in photos.values()])
 
-        models = {}
-        for kind in AE_SOURCES:
-            tick()
-            models[kind] = train_autoencoder(kind, pool, params, seed)
+def _real_crops(photos: dict[str, np.ndarray], params: dict[str, Any], real_w: int) -> dict[str, np.ndarray]:
+    rng = _rng(params["seed"], "real-crops")
+    return {p: sample_crops(v, params["real_per_photo"], real_w, params["crop_size"], params["scale_range"], rng)
+            for p, v in photos.items()}
 
-        # Fakes: fresh square crops of each photograph, one batch per source.
-        tick()
-        k = params["fakes_per_source_per_photo"]
-        fakes: dict[str, dict[str, np.ndarray]] = {}
-        for kind in AE_SOURCES:
-            rng_fake = _rng(seed, f"fake-crops-{kind}")
-            crops = {p: sample_crops(v, k, size, size, params["scale_range"], rng_fake) for p, v in photos.items()}
-            fakes[kind] = {p: blend(c, reconstruct(models[kind], c), params["difficulty"]) for p, c in crops.items()}
 
-        tick()
-        rng_inp = _rng(seed, "fake-crops-inpaint")
-        fakes["inpaint"] = {}
-        for p, v in photos.items():
-            crops = sample_crops(v, k, size, size, params["scale_range"], rng_inp)
-            which = rng_inp.integers(len(AE_SOURCES), size=k)  # each rectangle filled by a random autoencoder
-            recon = np.empty(crops.shape, dtype=np.float32)
-            for w, kind in enumerate(AE_SOURCES):
-                recon[which == w] = reconstruct(models[kind], crops[which == w])
-            masks = inpaint_masks(k, size, params["inpaint_area"], rng_inp)
-            fakes["inpaint"][p] = blend(crops, recon, params["difficulty"], masks)
+def _autoencoder_pool(photos: dict[str, np.ndarray], params: dict[str, Any]) -> np.ndarray:
+    """Square real crops of all photographs: the autoencoders' ("aligned") training set."""
+    rng, size = _rng(params["seed"], "ae-pool"), params["crop_size"]
+    per_photo = -(-params["ae_pool"] // len(photos))
+    return np.concatenate([sample_crops(v, per_photo, size, size, params["scale_range"], rng) for v in photos.values()])
 
-        tick()
-        faces = dcgan_faces(params["dcgan_count"], size, seed) if params["dcgan_count"] > 0 else None
-    finally:
-        torch.set_num_threads(prev_threads)
 
-    tick()
+def _reconstruction_fakes(photos: dict[str, np.ndarray], model: nn.Module, kind: str,
+                          params: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Fresh square crops of each photograph, reconstructed by one autoencoder and blended by difficulty."""
+    rng, size, k = _rng(params["seed"], f"fake-crops-{kind}"), params["crop_size"], params["fakes_per_source_per_photo"]
+    crops = {p: sample_crops(v, k, size, size, params["scale_range"], rng) for p, v in photos.items()}
+    return {p: blend(c, reconstruct(model, c), params["difficulty"]) for p, c in crops.items()}
+
+
+def _inpaint_fakes(photos: dict[str, np.ndarray], models: dict[str, nn.Module],
+                   params: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Crops where one rectangle is replaced by a reconstruction from a randomly chosen autoencoder."""
+    rng, size, k = _rng(params["seed"], "fake-crops-inpaint"), params["crop_size"], params["fakes_per_source_per_photo"]
+    out = {}
+    for p, v in photos.items():
+        crops = sample_crops(v, k, size, size, params["scale_range"], rng)
+        which = rng.integers(len(AE_SOURCES), size=k)
+        recon = np.empty(crops.shape, dtype=np.float32)
+        for w, kind in enumerate(AE_SOURCES):
+            recon[which == w] = reconstruct(models[kind], crops[which == w])
+        masks = inpaint_masks(k, size, params["inpaint_area"], rng)
+        out[p] = blend(crops, recon, params["difficulty"], masks)
+    return out
+
+
+def _write_images(folder: Path, real: dict[str, np.ndarray], fakes: dict[str, dict[str, np.ndarray]],
+                  faces: np.ndarray | None, real_jpeg: int | None) -> pd.DataFrame:
+    """Save every image under `folder` and return metadata.csv's rows (path, label, source, group)."""
     rows: list[tuple[str, int, str, str]] = []
 
     def emit(img: np.ndarray, rel: str, label: int, source: str, group: str, quality: int | None) -> None:
@@ -504,22 +491,21 @@ def _build_into(folder: Path, params: dict[str, Any], name: str, progress: bool)
     for p in PHOTOS:
         for i, img in enumerate(real[p]):
             emit(img, f"real/{p}/{i:04d}.{real_ext}", 0, "real", p, real_jpeg)
-    for src in [s for s in fake_sources if s != "dcgan_faces"]:
+    for src, by_photo in fakes.items():
         i = 0
         for p in PHOTOS:
-            for img in fakes[src][p]:
+            for img in by_photo[p]:
                 emit(img, f"fake/{src}/{i:04d}.png", 1, src, p, None)
                 i += 1
     if faces is not None:
         for i, img in enumerate(faces):
             emit(img, f"fake/dcgan_faces/{i:04d}.png", 1, "dcgan_faces", f"dcgan_{i}", None)
+    return pd.DataFrame(rows, columns=["path", "label", "source", "group"])
 
-    meta = pd.DataFrame(rows, columns=["path", "label", "source", "group"])
-    meta.to_csv(folder / "metadata.csv", index=False, lineterminator="\n")
-    files = {rel: sha256_file(folder / rel) for rel in [*meta["path"], "metadata.csv"]}
-    bar.update(1)
-    bar.close()
 
+def _card(name: str, params: dict[str, Any], meta: pd.DataFrame, files: dict[str, str], fake_sources: list[str],
+          real_w: int, real_jpeg: int | None, seconds: float) -> dict[str, Any]:
+    size = params["crop_size"]
     counts = {
         "total": len(meta),
         "by_label": {str(k): int(v) for k, v in meta["label"].value_counts().sort_index().items()},
@@ -527,7 +513,7 @@ def _build_into(folder: Path, params: dict[str, Any], name: str, progress: bool)
         "by_group_label": {f"{g}|{lab}": int(n) for (g, lab), n in meta[~meta["source"].eq("dcgan_faces")]
                            .groupby(["group", "label"]).size().items()},
     }
-    card = {
+    return {
         "name": name,
         "params": params,
         "counts": counts,
@@ -537,8 +523,52 @@ def _build_into(folder: Path, params: dict[str, Any], name: str, progress: bool)
         "checksum": _overall_checksum(files),
         "versions": {"torch": torch.__version__, "numpy": np.__version__, "pillow": PIL.__version__,
                      "python": platform.python_version()},
-        "build_seconds": round(time.perf_counter() - start, 2),
+        "build_seconds": round(seconds, 2),
         "calibration": CALIBRATION,
         "calibration_applies": _calibration_applies(params),
     }
-    return card
+
+
+def _build_into(folder: Path, params: dict[str, Any], name: str, progress: bool) -> dict[str, Any]:
+    """Generate every image and metadata.csv into `folder`; return the card (without writing it)."""
+    start = time.perf_counter()
+    seed, size = params["seed"], params["crop_size"]
+    real_w = round(params["aspect"] * size) if params["geometry_shortcut"] else size
+    real_jpeg = params["jpeg_quality"] if params["compression"] == "real_jpeg" else None
+    fake_sources = list(FAKE_SOURCES) if params["dcgan_count"] > 0 else list(FAKE_SOURCES[:-1])
+    if params["dcgan_count"] > 0:
+        require_dcgan_weights()  # fail before minutes of work, not after
+    steps = _Steps(["photos", "real crops", *[f"train {k}" for k in AE_SOURCES], "AE fakes", "inpaint", "dcgan faces",
+                    "write + checksums"], progress)
+
+    # Float reductions depend on how work is split between threads, so the count is fixed: one thread,
+    # because on a busy 2-core machine two OpenMP threads made the smoke build 5x slower (28 s vs 5 s).
+    # We do not call torch.use_deterministic_algorithms(True): on CPU it swaps oneDNN kernels for reference
+    # ones 5-8x slower here (measured), and CPU kernels are already run-to-run deterministic (tested).
+    prev_threads = torch.get_num_threads()
+    torch.set_num_threads(int(params["torch_threads"]))
+    try:
+        steps.next()
+        photos = load_photos()
+        steps.next()
+        real = _real_crops(photos, params, real_w)
+        pool = _autoencoder_pool(photos, params)
+        models = {}
+        for kind in AE_SOURCES:
+            steps.next()
+            models[kind] = train_autoencoder(kind, pool, params, seed)
+        steps.next()
+        fakes = {kind: _reconstruction_fakes(photos, models[kind], kind, params) for kind in AE_SOURCES}
+        steps.next()
+        fakes["inpaint"] = _inpaint_fakes(photos, models, params)
+        steps.next()
+        faces = dcgan_faces(params["dcgan_count"], size, seed) if params["dcgan_count"] > 0 else None
+    finally:
+        torch.set_num_threads(prev_threads)
+
+    steps.next()
+    meta = _write_images(folder, real, {s: fakes[s] for s in fake_sources if s != "dcgan_faces"}, faces, real_jpeg)
+    meta.to_csv(folder / "metadata.csv", index=False, lineterminator="\n")
+    files = {rel: sha256_file(folder / rel) for rel in [*meta["path"], "metadata.csv"]}
+    steps.close()
+    return _card(name, params, meta, files, fake_sources, real_w, real_jpeg, time.perf_counter() - start)

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+from torchvision.models.resnet import BasicBlock, Bottleneck, conv1x1
 
 from lib.models.registry import register_model
 
@@ -58,18 +58,39 @@ def npr_map(x: torch.Tensor, factor: float = 0.5) -> torch.Tensor:
     return x - F.interpolate(down, size=(height, width), mode="nearest")
 
 
-def _resnet_trunk(block: type[nn.Module], layers: tuple[int, int], width: int = 64) -> ResNet:
-    """torchvision ResNet cut after layer2, with the NPR stem (3x3 stride-2 conv instead of 7x7)."""
-    trunk = ResNet(block, [*layers, 1, 1], width_per_group=64)
-    trunk.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=2, padding=1, bias=False)
-    nn.init.kaiming_normal_(trunk.conv1.weight, mode="fan_out", nonlinearity="relu")
-    del trunk.layer3, trunk.layer4, trunk.fc  # the NPR network stops after layer2
-    return trunk
+class ResNetTrunk(nn.Module):
+    """The NPR network's trunk: a ResNet stem with a 3x3 stride-2 conv, maxpool, layer1 and layer2 (torchvision's
+    blocks), global average pooling. Only the kept layers are built; initialised as torchvision initialises a ResNet."""
+
+    def __init__(self, block: type[BasicBlock | Bottleneck], layers: tuple[int, int], width: int = 64):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=2, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.layer1, planes = _make_layer(block, width, 64, layers[0], stride=1)
+        self.layer2, _ = _make_layer(block, planes, 128, layers[1], stride=2)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return torch.flatten(self.avgpool(self.layer2(self.layer1(x))), 1)
 
 
-def _trunk_features(trunk: ResNet, x: torch.Tensor) -> torch.Tensor:
-    x = trunk.maxpool(trunk.relu(trunk.bn1(trunk.conv1(x))))
-    return torch.flatten(trunk.avgpool(trunk.layer2(trunk.layer1(x))), 1)
+def _make_layer(block: type[BasicBlock | Bottleneck], inplanes: int, planes: int, blocks: int,
+                stride: int) -> tuple[nn.Sequential, int]:
+    """torchvision's ResNet._make_layer for a plain ResNet (no groups, no dilation); returns the layer and its width."""
+    downsample = None
+    if stride != 1 or inplanes != planes * block.expansion:
+        downsample = nn.Sequential(conv1x1(inplanes, planes * block.expansion, stride),
+                                   nn.BatchNorm2d(planes * block.expansion))
+    layers = [block(inplanes, planes, stride, downsample)]
+    inplanes = planes * block.expansion
+    layers += [block(inplanes, planes) for _ in range(1, blocks)]
+    return nn.Sequential(*layers), inplanes
 
 
 class NPRNet(nn.Module):
@@ -78,12 +99,12 @@ class NPRNet(nn.Module):
     def __init__(self, num_classes: int = 1, factor: float = 0.5):
         super().__init__()
         self.factor = factor
-        self.trunk = _resnet_trunk(Bottleneck, (3, 4))
+        self.trunk = ResNetTrunk(Bottleneck, (3, 4))
         self.fc = nn.Linear(128 * Bottleneck.expansion, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = npr_map(x, self.factor) * NPR_GAIN  # the detector's idea: classify only the up-sampling residue
-        return self.fc(_trunk_features(self.trunk, x))
+        return self.fc(self.trunk(x))
 
 
 class MultiScaleNPR(nn.Module):
@@ -115,7 +136,7 @@ class MultiScaleNPR(nn.Module):
         # recorded in the state dict too, so a checkpoint cannot silently be loaded into other scales
         self.register_buffer("scale_factors", torch.tensor(self.scales, dtype=torch.float32))
         self.register_load_state_dict_post_hook(_check_scales)
-        self.branches = nn.ModuleList(_resnet_trunk(BasicBlock, (2, 2)) for _ in self.scales)
+        self.branches = nn.ModuleList(ResNetTrunk(BasicBlock, (2, 2)) for _ in self.scales)
         feature_dim = 128 * BasicBlock.expansion
         self.attention_mlp = nn.Sequential(
             nn.Linear(feature_dim * len(self.scales), hidden), nn.ReLU(), nn.Linear(hidden, len(self.scales)))
@@ -124,7 +145,7 @@ class MultiScaleNPR(nn.Module):
 
     def _branch_features(self, x: torch.Tensor) -> torch.Tensor:
         """(N, S, 128): one pooled feature vector per scale."""
-        return torch.stack([_trunk_features(branch, npr_map(x, s) * NPR_GAIN)
+        return torch.stack([branch(npr_map(x, s) * NPR_GAIN)
                             for s, branch in zip(self.scales, self.branches)], dim=1)
 
     def _attend(self, feats: torch.Tensor) -> torch.Tensor:
@@ -173,14 +194,15 @@ def _check_scales(module: MultiScaleNPR, incompatible_keys: Any) -> None:
                          f"model was built with {list(module.scales)}")
 
 
-@register_model("npr", family="npr", input_size=224, min_input_size=16,
+# revision 1: the trunk builds only the layers it keeps (ResNetTrunk), which changes the random initialisation
+@register_model("npr", family="npr", input_size=224, min_input_size=16, revision=1,
                 notes="Tan et al. CVPR 2024: NPR map (factor 0.5) * 2/3 -> ResNet-50 trunk cut after layer2 -> fc 512",
                 gradcam_layers=lambda m: [m.trunk.layer2[-1]])
 def _npr(num_classes: int = 1, **kw: Any) -> nn.Module:
     return NPRNet(num_classes=num_classes, **kw)
 
 
-@register_model("npr_multiscale", family="npr", input_size=224, min_input_size=16,
+@register_model("npr_multiscale", family="npr", input_size=224, min_input_size=16, revision=1,
                 notes="NPR at scales (0.25, 0.5, 0.75), BasicBlock branch per scale, softmax attention over scales",
                 gradcam_layers=lambda m: [branch.layer2[-1] for branch in m.branches])
 def _npr_multiscale(num_classes: int = 1, **kw: Any) -> nn.Module:

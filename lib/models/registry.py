@@ -43,6 +43,7 @@ class ModelSpec:
     channels_last_features: bool = False  # Grad-CAM needs a NHWC -> NCHW permute (swin)
     imagenet_weights: Any = None          # torchvision Weights enum member, None for models trained from scratch
     extra_weight_files: tuple[Path, ...] = field(default_factory=tuple)
+    revision: int = 0                     # bumped when the architecture or its initialisation changes (see run keys)
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -59,6 +60,7 @@ def register_model(
     channels_last_features: bool = False,
     imagenet_weights: Any = None,
     extra_weight_files: tuple[Path, ...] = (),
+    revision: int = 0,
 ) -> Callable[[Builder], Builder]:
     """Decorator registering `fn(num_classes, **kw) -> nn.Module` under `name` (a duplicate name is an error)."""
 
@@ -66,7 +68,7 @@ def register_model(
         if name in _REGISTRY:
             raise ValueError(f"model name {name!r} is already registered")
         _REGISTRY[name] = ModelSpec(name, fn, family, input_size, min_input_size, notes, gradcam_layers,
-                                    channels_last_features, imagenet_weights, tuple(extra_weight_files))
+                                    channels_last_features, imagenet_weights, tuple(extra_weight_files), revision)
         return fn
 
     return decorate
@@ -74,6 +76,12 @@ def register_model(
 
 def list_models() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def model_revision(name: str) -> int:
+    """The registered revision of `name` (0 for an unknown name): run keys include it when it is not 0."""
+    spec = _REGISTRY.get(name)
+    return 0 if spec is None else spec.revision
 
 
 def _spec(name: str) -> ModelSpec:

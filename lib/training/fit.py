@@ -213,6 +213,73 @@ def _auc(y: np.ndarray, scores: np.ndarray) -> float:
     return float(roc_auc_score(y, scores)) if len(np.unique(y)) == 2 else float("nan")
 
 
+def _check_parts(labels: np.ndarray, train_idx: np.ndarray) -> None:
+    if train_idx.size == 0:
+        raise ValueError("fit: the training part is empty")
+    if len(np.unique(labels[train_idx])) < 2:
+        raise ValueError("fit: the training part has a single class; a binary detector needs real and fake images")
+
+
+def _train_epoch(model: nn.Module, loader: BatchLoader, opt: torch.optim.Optimizer, scheduler: Any, sched_unit: str,
+                 scaler: torch.amp.GradScaler, loss_fn: nn.Module, cfg: TrainConfig, device: torch.device,
+                 amp_dtype: torch.dtype | None, epoch: int, progress: bool) -> float:
+    """One pass over the training batches (gradient accumulation, clipping, per-step schedules); the mean loss."""
+    model.train()
+    has_reg = callable(getattr(model, "regularization_loss", None))
+    total, count = 0.0, 0
+    opt.zero_grad(set_to_none=True)
+    batches = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not progress)
+    for i, (x, y) in enumerate(batches, start=1):
+        with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
+            loss = loss_fn(_forward_logits(model, x).float(), y)
+            if has_reg:
+                loss = loss + model.regularization_loss()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite training loss at epoch {epoch}, batch {i}: lower the lr or check the data")
+        scaler.scale(loss / cfg.accum_steps).backward()
+        total += float(loss.detach()) * y.shape[0]
+        count += y.shape[0]
+        if i % cfg.accum_steps == 0 or i == len(loader):
+            if cfg.grad_clip > 0:
+                scaler.unscale_(opt)
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad(set_to_none=True)
+            if sched_unit == "step":
+                scheduler.step()
+        batches.set_postfix(loss=f"{total / count:.4f}")
+    return total / max(count, 1)
+
+
+def _validate(model: nn.Module, images: np.ndarray, labels: np.ndarray, val_idx: np.ndarray, cfg: TrainConfig,
+              mean: Sequence[float], std: Sequence[float], device: torch.device, loss_fn: nn.Module) -> dict[str, float]:
+    """Validation loss, AUC and accuracy at logit 0 on ``images[val_idx]``."""
+    logits = predict_logits(model, images, val_idx, cfg.eval_batch_size, mean, std, device, cfg.amp)
+    yv = labels[val_idx]
+    return {"val_loss": float(loss_fn(torch.from_numpy(logits), torch.from_numpy(yv).double())),
+            "val_auc": _auc(yv, logits), "val_accuracy": float(np.mean((logits > 0) == (yv > 0.5)))}
+
+
+class _BestEpoch:
+    """Keeps the best epoch's weights (a CPU copy) and counts epochs without improvement for early stopping."""
+
+    def __init__(self) -> None:
+        self.score, self.state, self.epoch, self.since = -math.inf, None, 0, 0
+
+    def update(self, model: nn.Module, epoch: int, score: float) -> bool:
+        if score <= self.score:
+            self.since += 1
+            return False
+        self.score, self.epoch, self.since = score, epoch, 0
+        self.state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+        return True
+
+    def restore(self, model: nn.Module, last_epoch: int) -> None:
+        if self.state is not None and self.epoch != last_epoch:
+            model.load_state_dict(self.state)
+
+
 def fit(
     model: nn.Module,
     images: np.ndarray,
@@ -236,10 +303,7 @@ def fit(
     labels = np.asarray(labels, dtype=np.float32)
     train_idx = np.asarray(train_idx, dtype=np.int64)
     val_idx = None if val_idx is None or len(val_idx) == 0 else np.asarray(val_idx, dtype=np.int64)
-    if train_idx.size == 0:
-        raise ValueError("fit: the training part is empty")
-    if len(np.unique(labels[train_idx])) < 2:
-        raise ValueError("fit: the training part has a single class; a binary detector needs real and fake images")
+    _check_parts(labels, train_idx)
     seed_everything(cfg.seed)
     device = select_device(cfg.device)
     if mean is None or std is None:
@@ -247,78 +311,41 @@ def fit(
     model.to(device)
     amp_dtype = resolve_amp(cfg.amp, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-
     train_loader = BatchLoader(
         images, labels, train_idx, batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed,
         augment=cfg.augment, mean=mean, std=std, device=device,
         drop_last=train_idx.size > cfg.batch_size,  # avoid a size-1 last batch (BatchNorm) when we can
     )
-    steps_per_epoch = max(1, math.ceil(len(train_loader) / cfg.accum_steps))
     opt = _make_optimizer(model, cfg)
-    scheduler, sched_unit = _make_scheduler(opt, cfg, steps_per_epoch)
+    scheduler, sched_unit = _make_scheduler(opt, cfg, max(1, math.ceil(len(train_loader) / cfg.accum_steps)))
     loss_fn = nn.BCEWithLogitsLoss()
-    has_reg = callable(getattr(model, "regularization_loss", None))
 
     rows: list[dict[str, Any]] = []
-    best_score, best_state, best_epoch, since_best = -math.inf, None, 0, 0
+    best = _BestEpoch()
     epochs_bar = tqdm(range(1, cfg.epochs + 1), desc=desc, unit="epoch", disable=not progress)
     for epoch in epochs_bar:
         start = time.perf_counter()
-        model.train()
-        lr_now = opt.param_groups[0]["lr"]
-        total, count = 0.0, 0
-        opt.zero_grad(set_to_none=True)
-        batches = tqdm(train_loader, desc=f"epoch {epoch}", leave=False, disable=not progress)
-        for i, (x, y) in enumerate(batches, start=1):
-            with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
-                loss = loss_fn(_forward_logits(model, x).float(), y)
-                if has_reg:
-                    loss = loss + model.regularization_loss()
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite training loss at epoch {epoch}, batch {i}: lower the lr or check the data")
-            scaler.scale(loss / cfg.accum_steps).backward()
-            total += float(loss.detach()) * y.shape[0]
-            count += y.shape[0]
-            if i % cfg.accum_steps == 0 or i == len(train_loader):
-                if cfg.grad_clip > 0:
-                    scaler.unscale_(opt)
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                scaler.step(opt)
-                scaler.update()
-                opt.zero_grad(set_to_none=True)
-                if sched_unit == "step":
-                    scheduler.step()
-            batches.set_postfix(loss=f"{total / count:.4f}")
-
-        row: dict[str, Any] = {"epoch": epoch, "train_loss": total / max(count, 1), "val_loss": math.nan,
-                               "val_auc": math.nan, "val_accuracy": math.nan, "lr": lr_now}
+        row: dict[str, Any] = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], "val_loss": math.nan,
+                               "val_auc": math.nan, "val_accuracy": math.nan}
+        row["train_loss"] = _train_epoch(model, train_loader, opt, scheduler, sched_unit, scaler, loss_fn, cfg, device,
+                                         amp_dtype, epoch, progress)
+        score = float(epoch)  # no validation: the last epoch is the best we know
         if val_idx is not None:
-            logits = predict_logits(model, images, val_idx, cfg.eval_batch_size, mean, std, device, cfg.amp)
-            yv = labels[val_idx]
-            row["val_loss"] = float(loss_fn(torch.from_numpy(logits), torch.from_numpy(yv).double()))
-            row["val_auc"] = _auc(yv, logits)
-            row["val_accuracy"] = float(np.mean((logits > 0) == (yv > 0.5)))
+            row |= _validate(model, images, labels, val_idx, cfg, mean, std, device, loss_fn)
             score = row["val_auc"] if not math.isnan(row["val_auc"]) else -row["val_loss"]
             if sched_unit == "epoch":
                 scheduler.step(score)
-        else:
-            score = epoch  # no validation: the last epoch is the best we know
         row["seconds"] = time.perf_counter() - start
-        row["best"] = score > best_score
-        if row["best"]:
-            best_score, best_epoch, since_best = score, epoch, 0
-            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
-        else:
-            since_best += 1
+        row["best"] = best.update(model, epoch, score)
         rows.append(row)
         epochs_bar.set_postfix(loss=f"{row['train_loss']:.4f}", val_auc=f"{row['val_auc']:.3f}")
-        if cfg.patience > 0 and since_best >= cfg.patience:
+        if cfg.patience > 0 and best.since >= cfg.patience:
             break
     epochs_bar.close()
 
-    if best_state is not None and best_epoch != rows[-1]["epoch"]:
-        model.load_state_dict(best_state)
+    best.restore(model, rows[-1]["epoch"])
     model.eval()
-    history = pd.DataFrame(rows)
-    history["best"] = history["epoch"] == best_epoch  # the restored epoch, not every improvement
+    columns = ["epoch", "train_loss", "val_loss", "val_auc", "val_accuracy", "lr", "seconds", "best"]
+    history = pd.DataFrame(rows)[columns]
+    history["best"] = history["epoch"] == best.epoch  # the restored epoch, not every improvement
     return model, history

@@ -20,9 +20,10 @@ import torch
 from torch import nn
 
 from lib.data.cache import build_cache
-from lib.fileio import atomic_write, read_json, read_table, stable_hash, write_json, write_table
-from lib.paths import CACHE_DIR, RUNS_DIR
 from lib.data.recipes import Recipe
+from lib.fileio import atomic_write, read_json, read_table, stable_hash, write_json, write_table
+from lib.models.registry import model_revision
+from lib.paths import CACHE_DIR, RUNS_DIR
 from lib.training.fit import TrainConfig, fit, normalization_stats, predict, seed_everything
 
 RUN_FILES = ("history.csv", "predictions.parquet", "metrics.json", "model.safetensors", "config.json")
@@ -54,7 +55,10 @@ class RunSpec:
 
     @property
     def key(self) -> str:
-        return stable_hash(self)
+        # A model whose architecture or initialisation changed carries a new revision, so that its old runs are not
+        # reused; revision 0 leaves the key as it always was (keys never depend on module paths).
+        revision = model_revision(self.model)
+        return stable_hash(self) if revision == 0 else stable_hash({"run": self, "model_revision": revision})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -200,7 +204,9 @@ def train_or_load(
 
 
 def _save_weights(model: nn.Module, path: Path) -> None:
-    from safetensors.torch import save_model  # handles tied/shared tensors, unlike save_file
+    from safetensors.torch import (
+        save_model,  # handles tied/shared tensors, unlike save_file
+    )
 
     model_cpu = model.to("cpu")
     atomic_write(path, lambda p: save_model(model_cpu, str(p)))

@@ -152,3 +152,17 @@ def test_safetensors_checkpoint_round_trip_keeps_scales(tmp_path):
         assert torch.allclose(same(x), model(x))
     with pytest.raises(ValueError, match="scales"):
         load_model(create_model("npr_multiscale", scales=[0.25, 0.5]), str(tmp_path / "m.safetensors"), strict=True)
+
+
+def test_trunk_builds_only_the_layers_it_keeps():
+    from torchvision.models.resnet import Bottleneck, ResNet
+
+    from lib.models.npr import ResNetTrunk
+
+    trunk = ResNetTrunk(Bottleneck, (3, 4))
+    assert not any(hasattr(trunk, name) for name in ("layer3", "layer4", "fc"))
+    reference = ResNet(Bottleneck, [3, 4, 1, 1])  # torchvision's ResNet-50 head part, cut by hand
+    reference.conv1 = torch.nn.Conv2d(3, 64, 3, stride=2, padding=1, bias=False)
+    kept = {k: v.shape for k, v in reference.state_dict().items() if k.split(".")[0] in ("conv1", "bn1", "layer1", "layer2")}
+    assert {k: v.shape for k, v in trunk.state_dict().items()} == kept  # checkpoints of the old trunk still load
+    assert trunk(torch.rand(2, 3, 32, 32)).shape == (2, 512)

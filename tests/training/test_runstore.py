@@ -1,3 +1,4 @@
+import dataclasses
 import json
 from types import SimpleNamespace
 
@@ -147,3 +148,16 @@ def test_interrupted_study_resumes_with_only_the_missing_folds(study, monkeypatc
     preds = collect_predictions(table, runs_dir=study.runs)
     assert set(preds["run_key"]) == set(table["run_key"]) and (preds["model"] == "simple_cnn").all()
     assert len(preds) == (8 + 4 + 2) + (6 + 4 + 2)  # fold 0 validates 4 groups, fold 1 three
+
+
+def test_key_of_an_unrevised_model_is_the_plain_config_hash_and_a_revision_changes_it(study, monkeypatch):
+    from lib.fileio import stable_hash
+    from lib.models import registry
+
+    spec = _spec(study)
+    key = spec.key
+    assert registry.model_revision("simple_cnn") == 0 and key == stable_hash(spec)  # keys as before revisions
+    assert registry.model_revision("npr") >= 1 and registry.model_revision("no_such_model") == 0
+    monkeypatch.setitem(registry._REGISTRY, "simple_cnn",
+                        dataclasses.replace(registry._REGISTRY["simple_cnn"], revision=1))
+    assert _spec(study).key != key  # a changed architecture never reuses the old runs
