@@ -7,6 +7,7 @@ from typing import Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 
 
 def save(fig, path: str | Path | None, dpi: int = 110):
@@ -90,5 +91,64 @@ def confusion_matrices(predictions, thresholds, by: str = "model", split: str = 
         sns.heatmap(cm, annot=True, fmt=".2f", vmin=0, vmax=1, cmap="Blues", cbar=False, ax=ax,
                     xticklabels=["real", "fake"], yticklabels=["real", "fake"])
         ax.set(title=f"{level} (t = {thresholds[level]:.2f})", xlabel="predicted", ylabel="true")
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def evaluation_dashboard(ensemble, thresholds, by: str = "model", n_bins: int = 10, title: str = "",
+                         path: str | Path | None = None):
+    """Six panels for the final models on one evaluation set: ROC, precision-recall, confusion matrix (first model,
+    at its validation-chosen threshold), reliability diagram, confidence histogram, AUC per fake source.
+
+    `ensemble`: one row per (model, image) with label, source and probability (e.g. the fold ensemble on the test
+    hold-out); `thresholds`: the validation-chosen threshold per model.
+    """
+    import seaborn as sns
+    from sklearn.metrics import confusion_matrix, roc_auc_score
+
+    from lib.evaluation.metrics import calibration_table, pr_points, roc_points
+
+    levels = list(dict.fromkeys(ensemble[by]))
+    colours = dict(zip(levels, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 4))
+    fig, axes = plt.subplots(2, 3, figsize=(16, 9))
+    (roc_ax, pr_ax, cm_ax), (rel_ax, hist_ax, src_ax) = axes
+    rows = []
+    for level in levels:
+        g = ensemble[ensemble[by] == level]
+        y, p = g["label"].to_numpy(), g["probability"].to_numpy()
+        roc, pr = roc_points(y, p), pr_points(y, p)
+        roc_ax.plot(roc["fpr"], roc["tpr"], color=colours[level], label=level)
+        pr_ax.plot(pr["recall"], pr["precision"], color=colours[level], label=level)
+        rel = calibration_table(y, p, n_bins)
+        rel_ax.plot(rel["prob_pred"], rel["prob_true"], "o-", color=colours[level], label=level)
+        hist_ax.hist(p, bins=20, range=(0, 1), histtype="step", color=colours[level], label=level)
+        reals = g[g["label"] == 0]
+        for source, fakes in g[g["label"] == 1].groupby("source"):
+            both = pd.concat([reals, fakes])
+            auc = roc_auc_score(both["label"], both["probability"]) if len(reals) else np.nan
+            rows.append({by: level, "source": source, "auc": auc})
+    roc_ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+    roc_ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC")
+    pr_ax.set(xlabel="recall", ylabel="precision", title="precision-recall")
+    first = ensemble[ensemble[by] == levels[0]]
+    cm = confusion_matrix(first["label"], first["probability"] >= thresholds[levels[0]], labels=[0, 1], normalize="true")
+    sns.heatmap(cm, annot=True, fmt=".2f", vmin=0, vmax=1, cmap="Blues", cbar=False, ax=cm_ax,
+                xticklabels=["real", "fake"], yticklabels=["real", "fake"])
+    cm_ax.set(title=f"{levels[0]} at t = {thresholds[levels[0]]:.2f} (chosen on validation)", xlabel="predicted",
+              ylabel="true")
+    rel_ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+    rel_ax.set(xlabel="mean predicted P(fake)", ylabel="observed fake fraction", title="reliability", xlim=(0, 1),
+               ylim=(0, 1))
+    hist_ax.set(xlabel="predicted P(fake)", ylabel="images", title="confidence")
+    per_source = pd.DataFrame(rows)
+    if len(per_source):
+        sns.barplot(per_source, x="source", y="auc", hue=by, ax=src_ax)
+        src_ax.tick_params(axis="x", rotation=30)
+    src_ax.axhline(0.5, color="k", lw=0.8, ls="--")
+    src_ax.set(ylim=(0, 1), ylabel="AUC (this source's fakes vs all reals)", title="AUC per fake source")
+    for ax in (roc_ax, pr_ax, rel_ax, hist_ax):
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     return save(fig, path)

@@ -1,7 +1,9 @@
 """The Grad-CAM deep dive (notebook 07): where do the stored models look?
 
-`cam_grid_size` (is the target layer more than one cell?), `explain_run` (CAMs and energy shares of one stored run
-on selected test images), energy shares against the uniform expectation, and the CAM figures.
+Which runs to explain (`stored_subjects` from the Phase 2/3 fold tables, `architecture_subjects` trained or loaded
+here), `cam_grid_size` (is the target layer more than one cell?), `explain_run` / `explain_subjects` (CAMs and energy
+shares of stored runs on selected test images), energy shares against the uniform expectation and between classes and
+conditions, the CAM figures, and the notebook's computed conclusions (`conclusions`, `save_conclusions`).
 """
 
 
@@ -19,6 +21,68 @@ from scipy import stats as sps
 
 from lib.data.recipes import Recipe
 from lib.evaluation.stats import holm, summarize, verdict
+from lib.training.fit import TrainConfig
+
+SUBJECT_COLUMNS = ["subject", "group", "condition", "model", "run_key"]
+SIGNIFICANCE = 0.05  # Holm-adjusted p below this counts as a difference in the conclusions
+
+
+# ----------------------------------------------------------------------------------------------- which runs
+
+def phase2_subjects(folds: pd.DataFrame, fold: int, conditions: Sequence[str] = ()) -> list[dict[str, str]]:
+    """One subject per run of `fold` in Phase 2's fold table, limited to `conditions` (empty: all)."""
+    keep = (folds["fold"] == fold) & (folds["condition"].isin(conditions) if len(conditions) else True)
+    return [{"subject": f"{r.model} · {r.condition}", "group": "Phase 2", "condition": r.condition,
+             "model": r.model, "run_key": r.run_key} for r in folds[keep].itertuples()]
+
+
+def phase3_subjects(folds: pd.DataFrame, fold: int) -> list[dict[str, str]]:
+    """One subject per Phase 3 model run of `fold` in Phase 3's fold table (its Phase 1 baselines left out)."""
+    keep = (folds["fold"] == fold) & (folds["group"] != "Phase 1 baseline")
+    return [{"subject": f"{r.model} · Phase 3", "group": "Phase 3", "condition": "phase3", "model": r.model,
+             "run_key": r.run_key} for r in folds[keep].itertuples()]
+
+
+def stored_subjects(tables: str | Path, fold: int, phase2_conditions: Sequence[str] = (),
+                    include_phase3: bool = True) -> tuple[list[dict[str, str]], list[str]]:
+    """Subjects from phase2_folds.csv and (if `include_phase3`) phase3_folds.csv in `tables`, and a note for each
+    of those files that does not exist yet."""
+    from lib.fileio import read_table
+
+    phase2_path, phase3_path = Path(tables) / "phase2_folds.csv", Path(tables) / "phase3_folds.csv"
+    subjects, notes = [], []
+    if phase2_path.is_file():
+        subjects += phase2_subjects(read_table(phase2_path), fold, phase2_conditions)
+    else:
+        notes.append(f"{phase2_path.name} not found (notebook 04 has not run): no Phase 2 conditions")
+    if include_phase3 and phase3_path.is_file():
+        subjects += phase3_subjects(read_table(phase3_path), fold)
+    elif include_phase3:
+        notes.append(f"{phase3_path.name} not found (notebook 05 has not run): no Phase 3 models")
+    return subjects, notes
+
+
+def architecture_subjects(dataset: Any, splits: pd.DataFrame, config: TrainConfig, fold: int,
+                          models_by_size: Sequence[tuple[int, Sequence[str]]]) -> list[dict[str, str]]:
+    """One subject per (input size, model) of `models_by_size`, trained on `fold` only with the baseline recipe at
+    that size (a run another notebook stored with the same configuration is loaded)."""
+    from lib.studies.common import baseline_recipe
+    from lib.studies.phase3 import Candidate, run_candidates
+
+    subjects = []
+    for size, names in models_by_size:
+        if names:
+            cv, _ = run_candidates(dataset, splits, baseline_recipe(size), config, [Candidate(m, m) for m in names],
+                                   folds=[fold])
+            subjects += [{"subject": f"{r.model} · {size} px", "group": "architectures", "condition": f"resize_{size}",
+                          "model": r.model, "run_key": r.run_key} for r in cv.itertuples()]
+    return subjects
+
+
+def subject_table(*subjects: list[dict[str, str]]) -> pd.DataFrame:
+    """The subject lists as one table, each run once (its first subject kept)."""
+    rows = [s for group in subjects for s in group]
+    return pd.DataFrame(rows, columns=SUBJECT_COLUMNS).drop_duplicates("run_key").reset_index(drop=True)
 
 
 def cam_grid_size(model: torch.nn.Module, model_name: str, image_size: int) -> tuple[int, int]:
@@ -132,6 +196,49 @@ def explain_run(run_key: str, dataset: Any, n_per_cell: int = 4, seed: int = 42,
                           pd.concat(tables, ignore_index=True))
 
 
+def explain_subjects(subjects: pd.DataFrame, dataset: Any, n_per_cell: int = 4, seed: int = 42,
+                     methods: Sequence[str] = ("gradcam", "gradcam++"), border_frac: float = 0.15,
+                     face_boxes: pd.DataFrame | None = None, min_cells: int = 2,
+                     progress: bool = True) -> tuple[dict[str, RunExplanation], dict[str, str]]:
+    """`explain_run` of every subject's run: (subject -> explanation, subject -> why it was skipped)."""
+    from tqdm.auto import tqdm
+
+    explanations, skipped = {}, {}
+    for r in tqdm(subjects.itertuples(), total=len(subjects), desc="runs", disable=not progress):
+        out = explain_run(r.run_key, dataset, n_per_cell, seed, methods, border_frac, face_boxes, min_cells=min_cells)
+        if isinstance(out, str):
+            skipped[r.subject] = out
+        else:
+            explanations[r.subject] = out
+    return explanations, skipped
+
+
+def energy_table(explanations: dict[str, RunExplanation], subjects: pd.DataFrame,
+                 border_frac: float = 0.15) -> pd.DataFrame:
+    """Every explained image's energy shares (one row per method and image) with its subject, group and condition,
+    and `border_expected`: the border band's area share at the run's input size (what a uniform map would give)."""
+    from lib.report.explain import expected_border_share
+
+    energy = pd.concat([e.energy.assign(subject=label) for label, e in explanations.items()], ignore_index=True)
+    energy = energy.merge(subjects[["subject", "group", "condition"]], on="subject")
+    energy["border_expected"] = [expected_border_share(s, s, border_frac) for s in energy["image_size"]]
+    return energy
+
+
+def explanation_notes(explanations: dict[str, RunExplanation], skipped: dict[str, str], energy: pd.DataFrame,
+                      n_methods: int) -> list[str]:
+    """How many runs and images were explained, then one indented line per skipped run with the reason."""
+    return [f"explained {len(explanations)} runs ({len(energy) // max(n_methods, 1)} images); skipped {len(skipped)}:",
+            *(f"  {label}: {why}" for label, why in skipped.items())]
+
+
+def subject_status(subjects: pd.DataFrame, explanations: dict[str, RunExplanation]) -> pd.DataFrame:
+    """The subject table with whether each run was explained and the size of its Grad-CAM map (e.g. "4x4")."""
+    return subjects.assign(explained=subjects["subject"].isin(list(explanations)),
+                           cam_grid=subjects["subject"].map({k: f"{e.grid[0]}x{e.grid[1]}"
+                                                             for k, e in explanations.items()}))
+
+
 def energy_vs_uniform(energy: pd.DataFrame, by: Sequence[str], value: str = "border_share",
                       expected: float | str = 0.0) -> pd.DataFrame:
     """Per group of `by`: mean share with its 95 % t-interval, the uniform expectation, and a two-sided Wilcoxon
@@ -179,6 +286,52 @@ def energy_comparisons(energy: pd.DataFrame, by: str, pairs: Sequence[tuple[Any,
     table = pd.DataFrame(rows, columns=[*within, "a", "b", "n_a", "n_b", "mean_a", "mean_b", "diff", "p_value"])
     table["p_holm"] = holm(table["p_value"].to_numpy()) if len(table) else []
     return table
+
+
+def face_excess(energy: pd.DataFrame, by: Sequence[str] = ("group", "subject", "method")) -> pd.DataFrame:
+    """`energy_vs_uniform` of the face-box share against the box's area share, over the images with a detected
+    face; empty when there is none."""
+    has_face = energy["face_share"].notna()
+    if not has_face.any():
+        return pd.DataFrame()
+    return energy_vs_uniform(energy[has_face], list(by), "face_share", expected="face_area_share")
+
+
+def condition_comparisons(energy: pd.DataFrame, reference: str = "baseline",
+                          values: Sequence[str] = ("border_share", "face_share")) -> pd.DataFrame:
+    """Each Phase 2 condition against `reference` for the same model and method (`energy_comparisons` of each of
+    `values`, Holm within each value), with `model_name` and `value` columns; empty without Phase 2 runs."""
+    phase2 = energy[energy["group"] == "Phase 2"].assign(model_name=lambda t: t["subject"].str.split(" · ").str[0])
+    if not len(phase2):
+        return pd.DataFrame()
+    pairs = [(c, reference) for c in phase2["condition"].unique() if c != reference]
+    return pd.concat([energy_comparisons(phase2, "condition", pairs, within=["model_name", "method"], value=v)
+                      .assign(value=v) for v in values], ignore_index=True)
+
+
+def plot_group_cams(subjects: pd.DataFrame, explanations: dict[str, RunExplanation], method: str, n_show: int,
+                    figures: str | Path) -> list[Path]:
+    """One `plot_cam_rows` figure per group of explained subjects (Phase 2, Phase 3, architectures), saved as
+    gradcam_<first word of the group>_<index>.png in `figures`; their paths."""
+    explained = subjects[subjects["subject"].isin(list(explanations))]
+    paths = []
+    for i, (group, labels) in enumerate(explained.groupby("group", sort=False)["subject"]):
+        path = Path(figures) / f"gradcam_{group.split()[0].lower()}_{i}.png"
+        plot_cam_rows({k: explanations[k] for k in labels}, method, n_show, title=f"{method}: {group}", path=path)
+        paths.append(path)
+    return paths
+
+
+def plot_method_comparison(explanations: dict[str, RunExplanation], methods: Sequence[str], n_show: int,
+                           path: str | Path) -> list[Path]:
+    """The first explained run once per CAM method, one row each, saved at `path`: [path], or [] with fewer than two
+    methods or nothing explained."""
+    if len(methods) < 2 or not explanations:
+        return []
+    first = next(iter(explanations))
+    plot_cam_rows({m: explanations[first] for m in methods}, {m: m for m in methods}, n_show,
+                  title=f"{first}: {' vs '.join(methods)}", path=path)
+    return [Path(path)]
 
 
 def plot_cams(explanation: RunExplanation, method: str = "gradcam", title: str = "", ncols: int = 8,
@@ -243,3 +396,64 @@ def plot_energy_excess(table: pd.DataFrame, label: str = "subject", title: str =
     ax.set(xlabel="energy share minus the share of a uniform map (mean, 95 % CI)", title=title)
     fig.tight_layout()
     return save(fig, path)
+
+
+# ----------------------------------------------------------------------------------------------- conclusions
+
+def conclusions(n_explained: int, skipped: dict[str, str], fold: int, n_per_cell: int, border: pd.DataFrame,
+                face: pd.DataFrame, real_fake: pd.DataFrame, conditions: pd.DataFrame, method: str) -> list[str]:
+    """The notebook's conclusion lines for CAM `method`: what was explained, border and face-box energy against a
+    uniform map, real vs fake, and each Phase 2 condition's border share against the reference."""
+    lines = [f"Explained {n_explained} runs (fold {fold}, up to {4 * n_per_cell} test images each); "
+             f"skipped {len(skipped)}" + (f": {', '.join(skipped)}" if skipped else "") + "."]
+    b0 = border[border["method"] == method]
+    for finding in ("above uniform", "below uniform", "not different"):
+        names = b0.loc[b0["finding"] == finding, "subject"].tolist()
+        if names:
+            lines.append(f"{method} border energy {finding} (95 % CI of share - area share): {', '.join(names)}.")
+    if len(face):
+        f0 = face[face["method"] == method]
+        lines.append(f"{method} energy inside the face box vs its area: " + "; ".join(
+            f"{r.subject} {r.finding} ({r.mean_excess:+.3f})" for r in f0.itertuples()) + ".")
+    lines.append(real_fake_line(real_fake, method))
+    if len(conditions):
+        c0 = conditions[(conditions["method"] == method) & (conditions["value"] == "border_share")]
+        lines += [condition_line(r) for r in c0.itertuples()]
+    return lines
+
+
+def real_fake_line(real_fake: pd.DataFrame, method: str) -> str:
+    """For how many runs the border share differs between real and fake images (and the means where it does)."""
+    rows = real_fake[real_fake["method"] == method]
+    sig = rows[rows["p_holm"] < SIGNIFICANCE]
+    listed = ": " + ", ".join(f"{r.subject} (fake {r.mean_a:.3f} vs real {r.mean_b:.3f})"
+                              for r in sig.itertuples()) if len(sig) else ""
+    return (f"Border share differs between real and fake (Mann-Whitney, Holm p < 0.05) for {len(sig)} of "
+            f"{len(rows)} runs" + listed + ".")
+
+
+def condition_line(r: Any) -> str:
+    """One sentence about a row (itertuples) of `condition_comparisons`: did condition a move the border share?"""
+    moved = ("significantly " + ("more" if r.diff > 0 else "less") if r.p_holm < SIGNIFICANCE
+             else "not significantly differently")
+    return (f"{r.model_name}: {r.a} puts {r.mean_a:.3f} of the energy on the border vs {r.mean_b:.3f} for "
+            f"{r.b} ({moved}; Holm p = {r.p_holm:.3g}).")
+
+
+def headline_table(border: pd.DataFrame, method: str) -> pd.DataFrame:
+    """The index page's table: border energy against a uniform map per explained run, for CAM `method`."""
+    return border.loc[border["method"] == method, ["subject", "n", "mean_border_share", "expected", "mean_excess",
+                                                    "excess_ci_low", "excess_ci_high", "finding"]]
+
+
+def save_conclusions(profile: str, conclusions: Sequence[str], skipped: dict[str, str], explained: Sequence[str],
+                     headline: pd.DataFrame, figures: Sequence[str | Path]) -> None:
+    """gradcam_conclusions.json (lines, skipped runs with reasons, explained subjects) and the notebook's headline."""
+    from lib.fileio import write_json
+    from lib.paths import tables_dir
+    from lib.report import save_headline
+
+    write_json(tables_dir(profile) / "gradcam_conclusions.json",
+               {"conclusions": list(conclusions), "skipped": skipped, "explained": list(explained)})
+    save_headline(profile, "07_gradcam_deep_dive", headline, title="07 · Grad-CAM deep dive",
+                  conclusions=conclusions, figures=figures)

@@ -29,13 +29,25 @@ import torch
 from scipy import stats as sps
 from tqdm.auto import tqdm
 
-from lib.evaluation.compare import paired_comparison
+from lib.data.splits import fold_ids
+from lib.evaluation.compare import paired_comparison, summary_wide, test_set_comparison
 from lib.evaluation.metrics import binary_metrics
+from lib.fileio import write_table
 from lib.paths import RUNS_DIR
 from lib.evaluation.stats import holm, summarize, verdict
+from lib.studies.common import Study, named_sources
 
 SOURCE_METRICS = ("balanced_accuracy", "accuracy", "auc", "ap")
 MEAN_ROW = "mean"
+REPORTED_METRICS = ("auc", "ap", "accuracy")  # shown in the tables; the tested family is FAMILY_METRICS
+FAMILY_METRICS = ("auc", "ap")
+# the claims of H2, H3 and the external set: multi-scale attention NPR beats NPR, and beats its uniform-weights control
+CLAIM_PAIRS = (("npr_multiscale", "npr"), ("npr_multiscale", "npr_multiscale_uniform"))
+FOLD_COLUMNS = ["condition", "fold", "trained", "epochs", "best_epoch", "seconds", "n_parameters", "val_auc", "test_auc",
+                "test_accuracy"]
+TEST_COLUMNS = ["a", "b", "metric", "n", "mean_diff", "diff_ci_low", "diff_ci_high", "diff_ci_low_adj", "diff_ci_high_adj",
+                "t_p", "t_p_holm", "wilcoxon_p", "verdict", "verdict_adjusted"]
+UNSEEN = " (unseen)"  # label suffix of a held-out source in H3's tables and figures
 
 
 # ----------------------------------------------------------------------------- arms and runs
@@ -138,6 +150,38 @@ def resolve_holdout_sources(manifest: pd.DataFrame, requested: Sequence[str] = (
     return requested
 
 
+def arm_table(arms: Sequence[Arm]) -> pd.DataFrame:
+    """One row per arm: condition, registry model and its kwargs."""
+    return pd.DataFrame([{"condition": a.condition, "model": a.model, **a.kwargs} for a in arms])
+
+
+def describe_setup(study: Study, recipe: Any, config: Any) -> str:
+    """One line about the shared split table, the recipe and the training configuration."""
+    return (f"{len(study.manifest)} images, {len(fold_ids(study.splits))} folds, test hold-out of "
+            f"{int((study.splits['split'] == 'test').sum())} images; recipe {recipe}; {config}")
+
+
+def map_scales(arms: Sequence[Arm]) -> list[float]:
+    """Every scale of `arms` plus NPR's own 0.5, sorted: the columns of the NPR map figure."""
+    return sorted({s for arm in arms for s in arm.scales} | {0.5})
+
+
+def holdout_plan(manifest: pd.DataFrame, requested: Sequence[str] = (),
+                 data_root: str = "") -> tuple[list[str], list[str], str]:
+    """H3's held-out fake sources, the seen ones (manifest order) and a note about requested sources this dataset
+    lacks (`lib.studies.common.named_sources`: on your own data they are dropped, then the default rule applies)."""
+    named, note = named_sources(manifest, requested, data_root)
+    held = resolve_holdout_sources(manifest, named)
+    seen = [s for s in manifest.loc[manifest["label"] == 1, "source"].unique() if s not in held]
+    return held, seen, note
+
+
+def split_counts(study: Study) -> pd.DataFrame:
+    """Images per source (rows) and split (columns) of a study's split table."""
+    return study.splits.assign(source=study.manifest["source"]).pivot_table(
+        index="source", columns="split", values="sha256", aggfunc="count", fill_value=0)
+
+
 # ----------------------------------------------------------------------------- evaluation sets and metrics
 
 def _evaluation_rows(predictions: pd.DataFrame, real_splits: Sequence[str], fake_splits: Sequence[str],
@@ -228,6 +272,37 @@ def npr_paper_table(summary: pd.DataFrame, by: str = "condition", metrics: Seque
     return table
 
 
+def unseen_fold_metrics(predictions: pd.DataFrame, held: Sequence[str], seen: Sequence[str],
+                        by: str = "condition") -> pd.DataFrame:
+    """H3's fold table: `unseen_*` on the real test images plus the held-out fakes, `seen_*` on the real test images
+    plus the test fakes of the `seen` sources, and `gap_auc` = seen - unseen AUC."""
+    unseen = fold_metrics(predictions, by, ("test",), ("holdout",), held, prefix="unseen")
+    folds = unseen.merge(fold_metrics(predictions, by, ("test",), ("test",), seen, prefix="seen"), on=[by, "fold"])
+    folds["gap_auc"] = folds["seen_auc"] - folds["unseen_auc"]
+    return folds
+
+
+def mark_unseen(sources: Iterable[str], held: Sequence[str]) -> list[str]:
+    """Source names, the held-out ones suffixed ' (unseen)'."""
+    return [f"{s}{UNSEEN}" if s in held else s for s in sources]
+
+
+def holdout_source_summary(predictions: pd.DataFrame, held: Sequence[str], by: str = "condition") -> pd.DataFrame:
+    """H3's `source_summary` (real test images against each test or held-out fake source) with a third column
+    `in_training`: seen, unseen, or all for the mean row."""
+    summary = source_summary(source_metrics(predictions, by, ("test",), ("test", "holdout")), by)
+    summary.insert(2, "in_training", np.select([summary["source"].isin(held), summary["source"] == MEAN_ROW],
+                                               ["unseen", "all"], "seen"))
+    return summary
+
+
+def holdout_paper_table(summary: pd.DataFrame, held: Sequence[str], by: str = "condition") -> pd.DataFrame:
+    """`npr_paper_table` of H3 with the held-out sources marked unseen."""
+    table = npr_paper_table(summary, by)
+    table.index = mark_unseen(table.index, held)
+    return table
+
+
 # ----------------------------------------------------------------------------- hypotheses
 
 def paired_family(table: pd.DataFrame, by: str, pairs: Sequence[tuple[str, str]], metrics: Sequence[str],
@@ -305,6 +380,69 @@ def describe_hypothesis(record: dict[str, Any]) -> str:
     if record["verdict"] == "not tested":
         return f"{record['name']} ({record['claim']}): not tested ({p['a']} or {p['b']} missing)."
     return f"{record['name']} ({record['claim']}): {record['sentence']}."
+
+
+def reported_metrics(prefix: str) -> list[str]:
+    """`{prefix}_auc`, `_ap`, `_accuracy`: the metrics shown for one evaluation set."""
+    return [f"{prefix}_{m}" for m in REPORTED_METRICS]
+
+
+def summary_table(folds: pd.DataFrame, metrics: Sequence[str], by: str = "condition") -> pd.DataFrame:
+    """`mean ± std [95 % CI]` over folds: one row per level of `by`, one column per metric."""
+    return summary_wide(fold_summary(folds, by, metrics), by=by)
+
+
+def claim_record(name: str, claim: str, folds: pd.DataFrame, prefix: str, by: str = "condition",
+                 pairs: Sequence[tuple[str, str]] = CLAIM_PAIRS) -> dict[str, Any]:
+    """`hypothesis_record` of `pairs` on `{prefix}_auc` and `{prefix}_ap` (one family); the claim is the first pair
+    on `{prefix}_auc`."""
+    return hypothesis_record(name, claim, folds, by, pairs, [f"{prefix}_{m}" for m in FAMILY_METRICS],
+                             (*pairs[0], f"{prefix}_auc"))
+
+
+def record_tests(record: dict[str, Any]) -> pd.DataFrame:
+    """The family of paired comparisons of a hypothesis record, as a table."""
+    return pd.DataFrame(record["comparisons"])
+
+
+def tests_view(tests: pd.DataFrame) -> pd.DataFrame:
+    """The `TEST_COLUMNS` of a `paired_family` table (an empty table as it is)."""
+    return tests[TEST_COLUMNS] if len(tests) else tests
+
+
+def fold_ensemble_tests(predictions: pd.DataFrame, by: str = "condition",
+                        pairs: Sequence[tuple[str, str]] = CLAIM_PAIRS) -> pd.DataFrame:
+    """DeLong and McNemar on the fold ensembles (`lib.evaluation.compare.test_set_comparison`) for every pair whose
+    two arms were run."""
+    present = set(predictions[by])
+    return pd.DataFrame([test_set_comparison(predictions, by, a, b) for a, b in pairs if {a, b} <= present])
+
+
+@dataclass
+class AblationResult:
+    """Scale ablation: fold summaries of every scale set, and its paired tests against the reference set."""
+
+    reference: str
+    summary: pd.DataFrame
+    tests: pd.DataFrame
+
+    def record(self) -> dict[str, Any]:
+        return {"reference": self.reference, "per_model": self.summary.to_dict("records"),
+                "comparisons": self.tests.to_dict("records")}
+
+
+def compare_ablation(cv: pd.DataFrame, arms: Sequence[Arm]) -> AblationResult:
+    """Every scale set against the first arm's (the reference), paired over folds on test AUC and AP as one family."""
+    reference = arms[0].condition
+    pairs = [(a.condition, reference) for a in arms[1:]]
+    return AblationResult(reference, fold_summary(cv, "condition", reported_metrics("test")),
+                          paired_family(cv, "condition", pairs, [f"test_{m}" for m in FAMILY_METRICS]))
+
+
+def ablation_table(cv: pd.DataFrame, ablation: AblationResult) -> pd.DataFrame:
+    """The ablation's summary (one row per scale set) with each set's number of parameters."""
+    return summary_wide(ablation.summary, by="condition").assign(
+        parameters=cv.groupby("condition", sort=False)["n_parameters"].first())
 
 
 # ----------------------------------------------------------------------------- models: attention, external data
@@ -423,6 +561,41 @@ def attention_source_tests(att: pd.DataFrame, alpha: float = 0.05) -> pd.DataFra
     return out
 
 
+@dataclass
+class AttentionStats:
+    """Attention weights of learned fold models on their images, and what they say about adaptivity."""
+
+    images: pd.DataFrame   # attention_table
+    summary: pd.DataFrame  # attention_summary
+    argmax: pd.DataFrame   # argmax_consistency
+    kruskal: pd.DataFrame  # attention_source_tests
+
+    def save(self, tables_dir: str | Path, prefix: str = "npr_attention") -> None:
+        """One CSV per table: `<prefix>_images.csv`, `_summary.csv`, `_argmax.csv`, `_kruskal.csv`."""
+        for name in ("images", "summary", "argmax", "kruskal"):
+            write_table(Path(tables_dir) / f"{prefix}_{name}.csv", getattr(self, name))
+
+    def record(self) -> dict[str, Any]:
+        return {"summary": self.summary.to_dict("records"), "argmax": self.argmax.to_dict("records"),
+                "kruskal": self.kruskal.to_dict("records")}
+
+
+def attention_statistics(att: pd.DataFrame) -> AttentionStats:
+    """Summary, argmax consistency and source tests of an `attention_table`."""
+    return AttentionStats(att, attention_summary(att), argmax_consistency(att), attention_source_tests(att))
+
+
+def attention_summary_text(summary: pd.DataFrame) -> pd.DataFrame:
+    """`mean ± std` of each scale's weight (an `attention_summary`), sources x scales."""
+    text = summary["mean"].map("{:.3f}".format) + " ± " + summary["std"].map("{:.3f}".format)
+    return summary.assign(text=text).pivot(index="source", columns="scale", values="text")
+
+
+def label_unseen(att: pd.DataFrame, held: Sequence[str]) -> pd.DataFrame:
+    """An attention table whose held-out sources are marked unseen (their own box, violin and heatmap row)."""
+    return att.assign(source=mark_unseen(att["source"], held))
+
+
 def npr_maps(image: np.ndarray, scales: Sequence[float]) -> list[np.ndarray]:
     """Channel-mean NPR map (`lib.models.npr.npr_map`) of one HxWx3 uint8 image at each scale, values in [-1, 1]."""
     from lib.models.npr import npr_map
@@ -469,13 +642,144 @@ def evaluate_external(cv: pd.DataFrame, dataset: Any, recipe: Any, by: str = "co
     return pd.concat(frames, ignore_index=True)
 
 
+def trained_arms(cv_h2: pd.DataFrame, cv_ablation: pd.DataFrame, cv_h3: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Every distinct fold model of the notebook with `trained_on` (all sources; H3's: seen sources) and
+    `arm` = '<trained_on>: <condition>', the level the external set is compared by."""
+    frames = [cv_h2.assign(trained_on="all sources"), cv_ablation.assign(trained_on="all sources")]
+    if cv_h3 is not None:
+        frames.append(cv_h3.assign(trained_on="seen sources"))
+    cv = pd.concat(frames, ignore_index=True).drop_duplicates("run_key")
+    return cv.assign(arm=cv["trained_on"] + ": " + cv["condition"])
+
+
+def external_metrics(predictions: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per-source summary (`source_summary`) and fold table (`external_*`) of the external set, by arm."""
+    per_source = source_summary(source_metrics(predictions, "arm", ("external",), ("external",)), by="arm")
+    folds = fold_metrics(predictions, "arm", ("external",), ("external",), prefix="external")
+    return per_source, folds
+
+
+def external_hypotheses(folds: pd.DataFrame, groups: Iterable[str]) -> list[dict[str, Any]]:
+    """One `claim_record` per training group ('all sources', 'seen sources'): its arms' claims on external AUC, AP."""
+    return [claim_record(f"external ({group})", "multi-scale attention NPR beats NPR on the external set", folds,
+                         "external", by="arm", pairs=[(f"{group}: {a}", f"{group}: {b}") for a, b in CLAIM_PAIRS])
+            for group in groups]
+
+
+def external_record(dataset: Any, per_source: pd.DataFrame, hypotheses: list[dict[str, Any]]) -> dict[str, Any]:
+    """The external set's part of npr_hypotheses.json."""
+    return {"skipped": False, "root": str(dataset.root), "layout": dataset.layout, "n_images": len(dataset.manifest),
+            "per_source": per_source.to_dict("records"), "hypotheses": hypotheses}
+
+
 def _require(frame: pd.DataFrame, columns: set[str]) -> None:
     missing = columns - set(frame.columns)
     if missing:
         raise KeyError(f"missing column(s) {sorted(missing)}; have {list(frame.columns)}")
 
 
+# ----------------------------------------------------------------------------- conclusions and records
+
+def model_lines(cv: pd.DataFrame) -> list[str]:
+    """One line per condition: its number of parameters and test AUC over folds."""
+    auc = fold_summary(cv, "condition", ["test_auc"]).set_index("condition")
+    params = cv.groupby("condition")["n_parameters"].first()
+    return [f"{cond} ({params[cond]:,} parameters): test AUC {r['mean']:.3f} ± {r['std']:.3f} "
+            f"(95 % CI {r['ci_low']:.3f}-{r['ci_high']:.3f}, {int(r['n'])} folds)." for cond, r in auc.iterrows()]
+
+
+def attention_control_lines(h2: dict[str, Any]) -> list[str]:
+    """Does learned attention matter? H2's comparisons with the uniform-weights control on test AUC."""
+    tests = record_tests(h2)
+    if tests.empty:
+        return []
+    rows = tests[(tests["b"] == "npr_multiscale_uniform") & (tests["metric"] == "test_auc")]
+    return ["Does learned attention matter (vs fixed uniform weights)? " + describe_row(row) for _, row in rows.iterrows()]
+
+
+def ablation_line(ablation: AblationResult) -> str:
+    """The scale set with the highest mean test AUC, and every set's test AUC comparison with the reference."""
+    auc = ablation.summary[ablation.summary["metric"] == "test_auc"]
+    best = auc.sort_values("mean", ascending=False).iloc[0]
+    tests = ablation.tests[ablation.tests["metric"] == "test_auc"] if len(ablation.tests) else ablation.tests
+    return (f"Scale ablation: highest mean test AUC with {best['condition']} ({best['mean']:.3f} ± {best['std']:.3f}); "
+            + "; ".join(f"{r['a']} vs {r['b']}: {r['mean_diff']:+.3f} (Holm p = {r['t_p_holm']:.3g}) -> "
+                        f"{r['verdict_adjusted']}" for _, r in tests.iterrows()) + ".")
+
+
+def gap_line(folds_h3: pd.DataFrame) -> str:
+    """H3's generalisation gap (seen - unseen AUC) per condition."""
+    gap = fold_summary(folds_h3, "condition", ["gap_auc"]).set_index("condition")
+    return "Generalisation gap (seen - unseen AUC): " + ", ".join(
+        f"{c} {r['mean']:+.3f} ± {r['std']:.3f}" for c, r in gap.iterrows()) + "."
+
+
+def attention_line(stats: AttentionStats) -> str:
+    """How spread the learned attention is, how often its argmax departs from the source's, and whether the weights
+    differ between sources."""
+    overall = stats.argmax.set_index("source").loc["all"]
+    n_models = stats.kruskal["fold"].nunique()
+    n_differs = int(stats.kruskal.groupby("fold")["differs"].any().sum()) if len(stats.kruskal) else 0
+    return (f"Attention (H2 learned models, test images): mean normalised entropy {overall['mean_entropy']:.2f} "
+            f"(1 = uniform), mean largest weight {overall['mean_max_weight']:.2f} for {len(weight_columns(stats.images))} "
+            f"scales; argmax scale differs from its source's majority for {overall['differs_from_majority']:.0%} "
+            f"of images ({overall['differs_within_model']:.0%} within a fold model); weights differ between "
+            f"sources (Kruskal-Wallis, Holm, p < 0.05) in {n_differs} of {n_models} fold models.")
+
+
+def external_line(external: dict[str, Any]) -> str:
+    """The external set's hypotheses, or that it was skipped."""
+    if external["skipped"]:
+        return "External test set: skipped (external_root is empty)."
+    return " ".join(describe_hypothesis(r) for r in external["hypotheses"])
+
+
+def conclusions(cv_h2: pd.DataFrame, h2: dict[str, Any], ablation: AblationResult, attention: AttentionStats,
+                external: dict[str, Any], h3: dict[str, Any], folds_h3: pd.DataFrame | None = None,
+                sources_note: str = "") -> list[str]:
+    """Notebook 08's computed conclusions; `folds_h3` None means H3 was not run."""
+    lines = [f"H3: {sources_note}"] if sources_note else []
+    lines += [*model_lines(cv_h2), describe_hypothesis(h2), *attention_control_lines(h2), ablation_line(ablation)]
+    lines += ["H3 was not run (run_h3 is false)."] if folds_h3 is None else [describe_hypothesis(h3), gap_line(folds_h3)]
+    return lines + [attention_line(attention), external_line(external)]
+
+
+def hypotheses_record(settings: dict[str, Any], h2: dict[str, Any], h3: dict[str, Any], ablation: AblationResult,
+                      attention: AttentionStats, external: dict[str, Any], lines: list[str],
+                      runs: dict[str, pd.DataFrame | None]) -> dict[str, Any]:
+    """Everything notebook 08 found, for npr_hypotheses.json; `runs`: the fold table of each part (None: not run),
+    whose run keys are listed."""
+    return {"settings": settings, "H2": h2, "H3": h3, "ablation": ablation.record(), "attention": attention.record(),
+            "external": external, "conclusions": lines,
+            "run_keys": {part: [] if cv is None else cv["run_key"].tolist() for part, cv in runs.items()}}
+
+
+def headline_table(cv_h2: pd.DataFrame, folds_h3: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The index page's table: H2 test AUC and AP per condition, and H3 unseen and seen AUC when H3 was run."""
+    table = summary_table(cv_h2, ["test_auc", "test_ap"]).add_prefix("H2 ")
+    if folds_h3 is not None:
+        table = table.join(summary_table(folds_h3, ["unseen_auc", "seen_auc"]).add_prefix("H3 "))
+    return table.reset_index(names="condition")
+
+
 # ----------------------------------------------------------------------------- figures
+
+def fold_points_figure(folds: pd.DataFrame, metrics: Sequence[str], label: str, by: str = "condition",
+                       path: str | Path | None = None):
+    """One panel per metric: each fold's value per level of `by` (colour: fold), the mean and its 95 % CI in black."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    from lib.report.plots import save
+
+    fig, axes = plt.subplots(1, len(metrics), figsize=(11, 3.8), squeeze=False)
+    for axis, metric in zip(axes[0], metrics):
+        sns.pointplot(folds, x=by, y=metric, errorbar=("ci", 95), linestyle="none", ax=axis, color="black")
+        sns.stripplot(folds, x=by, y=metric, hue="fold", ax=axis, palette="tab10", size=6)
+        axis.set_title(f"{label}: {metric} per fold (black: mean and 95 % CI)")
+    fig.tight_layout()
+    return save(fig, path)
+
 
 def attention_figure(att: pd.DataFrame, title: str = "", path: str | Path | None = None):
     """Box plot and violin plot of each scale's weight per source, and a sources x scales heatmap of the mean."""

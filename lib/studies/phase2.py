@@ -1,4 +1,4 @@
-"""Phase 2 of the study: preprocessing impact and shortcut analysis.
+"""Phase 2 of the study (notebook 04_phase2_preprocessing): preprocessing impact and shortcut analysis.
 
 Vocabulary:
 - a *condition* is one (recipe, training configuration) trained on the shared split table by some models
@@ -11,13 +11,14 @@ Vocabulary:
 
 The computed rules of the notebook live here, so they are tested: the geometry-shortcut decision
 (`geometry_shortcut`), the augmentation interpretation of the study plan (`interpret_augmentation`), the source
-hold-out flag (`holdout_comparison`) and the recommendation for Phase 3 (`recommend`).
+hold-out flag (`holdout_comparison`) and the recommendation for Phase 3 (`recommend`). The notebook's steps live here too
+(`phase2_conditions`, `geometry_analysis`, `source_holdout`, `phase2_summary`), down to its computed `conclusions`.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -29,10 +30,12 @@ from lib.evaluation import compare
 from lib.fileio import read_table, stable_hash, write_table
 from lib.evaluation.metrics import binary_metrics, per_source_metrics
 from lib.paths import CACHE_DIR, RUNS_DIR
+from lib.data.augment import AugmentPolicy
 from lib.data.recipes import Recipe
 from lib.data.splits import part_indices
 from lib.evaluation.stats import holm, summarize, summarize_table
 from lib.training.fit import TrainConfig
+from lib.studies.common import baseline_recipe, named_sources
 
 SUBPHASES = {
     "2A": "shortcut analysis",
@@ -42,6 +45,7 @@ SUBPHASES = {
     "2E": "augmentation + face crop",
 }
 PARTS = ("train", "val", "test", "holdout")
+BASELINE = "baseline"  # Phase 1's configuration; every other condition is compared with it
 GEOMETRY_FEATURES = ["width", "height", "aspect"]
 _EVAL_VERSION = 1  # bump when evaluate_runs changes what it stores
 
@@ -113,6 +117,84 @@ def run_conditions(dataset: Any, splits: pd.DataFrame, conditions: Sequence[Cond
     if not frames:
         raise ValueError("run_conditions: no condition given")
     return pd.concat(frames, ignore_index=True)
+
+
+def check_model_subsets(models: Sequence[str], condition_models: Sequence[str], holdout_models: Sequence[str]) -> None:
+    """The conditions and the hold-out train only Phase 1 models: the baseline runs they are compared with are theirs."""
+    extra = sorted((set(condition_models) | set(holdout_models)) - set(models))
+    if extra:
+        raise ValueError(f"condition_models and holdout_models must be among models {list(models)}; not found: {extra}")
+
+
+def phase2_conditions(config: TrainConfig, image_size: int, high_size: int, models: Sequence[str],
+                      condition_models: Sequence[str], face_margin: float, face_min_confidence: float,
+                      augment: dict[str, Any]) -> list[Condition]:
+    """The notebook's conditions: Phase 1's baseline (``config``, square resize, every model) and the conditions that
+    change one thing of it (2E two), trained by ``condition_models``."""
+    base = baseline_recipe(image_size)
+    face = Recipe(size=image_size, mode="face", face_margin=face_margin, face_detector=f"mtcnn@{face_min_confidence}")
+    augmented = replace(config, augment=AugmentPolicy(**augment))
+    cm = tuple(condition_models)
+    return [
+        Condition(BASELINE, "2A", base, config, tuple(models), "Phase 1: square resize, ImageNet normalisation, no augmentation"),
+        Condition("norm_real_train", "2A", base, replace(config, normalization="train_real"), cm,
+                  "normalised with the statistics of the fold's real training images"),
+        Condition("center_crop", "2A", Recipe(size=image_size, mode="center_crop"), config, cm,
+                  "geometry-neutral training: largest centred square, the same scaling for every image"),
+        Condition(f"resolution_{high_size}", "2B", Recipe(size=high_size), config, cm, f"square resize to {high_size} px"),
+        Condition("face_crop", "2C", face, config, cm, "MTCNN face crop, centre crop when no face is found"),
+        Condition("augment", "2D", base, augmented, cm, "training-time augmentation"),
+        Condition("augment_face_crop", "2E", face, augmented, cm, "augmentation + face crop"),
+    ]
+
+
+def fake_sources(manifest: pd.DataFrame) -> list[str]:
+    """The dataset's fake sources, sorted."""
+    return sorted(manifest.loc[manifest["label"] == 1, "source"].unique())
+
+
+def sources_to_hold_out(manifest: pd.DataFrame, requested: Sequence[str], data_root: str = "") -> tuple[list[str], str]:
+    """The fake sources named in params that this dataset has (see `named_sources`), every fake source when none
+    is left, and the note about names the dataset lacks."""
+    named, note = named_sources(manifest, requested, data_root)
+    return named or fake_sources(manifest), note
+
+
+def describe_setup(manifest: pd.DataFrame, splits: pd.DataFrame, baseline: Condition) -> str:
+    """One line: images, folds, fake sources, the baseline recipe and training configuration."""
+    from lib.data.splits import fold_ids
+
+    return (f"{len(manifest)} images, {len(fold_ids(splits))} folds; fake sources {fake_sources(manifest)}; "
+            f"baseline {baseline.recipe}; {baseline.train}")
+
+
+def training_overview(cv: pd.DataFrame) -> pd.DataFrame:
+    """Per (condition, model) of a `run_conditions` table: runs, how many were trained now (not loaded), seconds and
+    mean test AUC."""
+    return cv.groupby(["condition", "model"], sort=False).agg(runs=("fold", "size"), trained_now=("trained", "sum"),
+                                                               seconds=("seconds", "sum"), test_auc=("test_auc", "mean"))
+
+
+# ------------------------------------------------------------------------------------------------ face boxes
+def face_boxes_and_rates(manifest: pd.DataFrame, min_confidence: float = 0.9) -> tuple[np.ndarray, pd.DataFrame]:
+    """MTCNN face boxes ((N, 4) x0, y0, x1, y1; NaN rows = no face; cached by image content) and the detection rate
+    per source and class (`faces.detection_rates`)."""
+    from lib.data import faces
+
+    table = faces.face_boxes(manifest, min_confidence=min_confidence)
+    return table[["x0", "y0", "x1", "y1"]].to_numpy(dtype=float), faces.detection_rates(manifest, table)
+
+
+def class_face_rates(rates: pd.DataFrame) -> dict[str, float]:
+    """Share of real and of fake images with a detected face, from `faces.detection_rates` (NaN for a missing class)."""
+    by_class = rates.groupby("class")[["n", "faces"]].sum().assign(rate=lambda t: t["faces"] / t["n"])["rate"]
+    return {cls: float(by_class.get(cls, np.nan)) for cls in ("real", "fake")}
+
+
+def face_rate_gap(rates: pd.DataFrame) -> float:
+    """|real - fake| face detection rate: above a tolerance, the face crop itself tells the classes apart."""
+    by_class = class_face_rates(rates)
+    return float(abs(by_class["real"] - by_class["fake"]))
 
 
 # --------------------------------------------------------------------------------------- evaluation views
@@ -209,6 +291,17 @@ def run_normalization(run_key: str, runs_dir: str | Path = RUNS_DIR) -> dict[str
     from lib.training.runstore import load_run
 
     return load_run(Path(runs_dir) / run_key).metrics["normalization"]
+
+
+def normalization_table(cv: pd.DataFrame, condition: str = "norm_real_train",
+                        runs_dir: str | Path = RUNS_DIR) -> pd.DataFrame:
+    """Per run of ``condition``: fold, model and the per-channel mean and std it was normalised with (mean_R ... std_B)."""
+    rows = []
+    for _, run in cv[cv["condition"] == condition].iterrows():
+        stats = run_normalization(run["run_key"], runs_dir=runs_dir)
+        rows.append({"fold": run["fold"], "model": run["model"],
+                     **{f"{k}_{c}": v for k in ("mean", "std") for c, v in zip("RGB", stats[k])}})
+    return pd.DataFrame(rows)
 
 
 def score_conditions(cv: pd.DataFrame, dataset: Any, splits: pd.DataFrame, conditions: Sequence[Condition],
@@ -354,6 +447,57 @@ def carries_geometry_cue(recipe: Recipe) -> bool:
     return recipe.mode in ("resize", "letterbox")
 
 
+def score_geometry_views(baseline: Condition, cv: pd.DataFrame, predictions: pd.DataFrame, dataset: Any,
+                         splits: pd.DataFrame, views: dict[str, Recipe], training_view: str = "resize",
+                         runs_dir: str | Path = RUNS_DIR, cache_dir: str | Path = CACHE_DIR) -> pd.DataFrame:
+    """Predictions of the baseline runs under every view (column ``view``). The training view is the baseline's own
+    scoring (its rows of ``predictions``, a `score_conditions` table); the other views are re-scored (`evaluate_runs`)."""
+    if views[training_view] != baseline.recipe:
+        raise ValueError(f"the training view {training_view!r} must be the baseline recipe {baseline.recipe}")
+    runs = cv[cv["condition"] == baseline.name]
+    own = predictions[predictions["condition"] == baseline.name].assign(view=training_view)
+    rescored = [evaluate_runs(runs, dataset, splits, recipe, runs_dir=runs_dir, cache_dir=cache_dir,
+                              progress=False).assign(view=name)
+                for name, recipe in views.items() if name != training_view]
+    return pd.concat([own, *rescored], ignore_index=True)
+
+
+@dataclass
+class GeometryAnalysis:
+    """What the 2A geometry question computes (see `geometry_analysis`)."""
+
+    by_class: pd.DataFrame  # `geometry_by_class`
+    probe: dict[str, Any]  # `geometry_probe`
+    view_runs: pd.DataFrame  # `run_metrics` per (view, model)
+    view_tests: pd.DataFrame  # every view against the training view, a drop is the claim
+    view_summary: pd.DataFrame  # `summary_rows` of the views
+    decision: dict[str, Any]  # `geometry_shortcut`
+
+    def probe_table(self) -> pd.DataFrame:
+        """The probe's result as one row, without the per-fold AUCs."""
+        return pd.DataFrame([{k: v for k, v in self.probe.items() if k != "fold_auc"}])
+
+    def record(self, dataset_card: dict[str, Any] | None) -> dict[str, Any]:
+        """The JSON record: the decision, the probe, the per-class geometry and the embedded dataset's geometry switch."""
+        card_switch = (dataset_card or {}).get("params", {}).get("geometry_shortcut")
+        return self.decision | {"probe": self.probe, "by_class": self.by_class.to_dict("records"),
+                                "card_geometry_shortcut": card_switch}
+
+
+def geometry_analysis(manifest: pd.DataFrame, view_predictions: pd.DataFrame, n_folds: int = 5, seed: int = 42,
+                      training_view: str = "resize", neutral_view: str = "center_crop") -> GeometryAnalysis:
+    """Is the original geometry a shortcut, and do the baseline checkpoints use it? The geometry-only probe on
+    ``manifest``, per-run metrics of ``view_predictions`` (`score_geometry_views`), each view against the training
+    view (paired, direction "less") and the decision of `GEOMETRY_RULE`."""
+    by_class = geometry_by_class(manifest)
+    probe = geometry_probe(manifest, n_folds=n_folds, seed=seed)
+    view_runs = run_metrics(view_predictions, by=("view", "model"))
+    view_tests = compare_conditions(view_runs, training_view, metrics=["test_auc"], by="view", direction="less")
+    decision = geometry_shortcut(probe, view_tests, neutral_view=neutral_view)
+    view_summary = summary_rows(view_runs, view_tests, by="view", reference=training_view, kind=VIEW_KIND)
+    return GeometryAnalysis(by_class, probe, view_runs, view_tests, view_summary, decision)
+
+
 # ------------------------------------------------------------------------------------------ source hold-out
 def heldout_scores(predictions: pd.DataFrame, source: str) -> pd.DataFrame:
     """Per run trained WITHOUT ``source``: ``heldout_auc`` = AUC of the held-out fakes ("holdout" rows) against
@@ -406,6 +550,50 @@ def holdout_comparison(heldout: pd.DataFrame, in_source: pd.DataFrame, threshold
     if len(out):
         out["welch_p_holm"] = holm(out["welch_p"].to_numpy())
     return out
+
+
+@dataclass
+class SourceHoldout:
+    """The source hold-out of 2A (see `source_holdout`)."""
+
+    runs: pd.DataFrame  # `heldout_scores` of every run trained without a source
+    comparison: pd.DataFrame  # `holdout_comparison`: held-out vs in-source AUC per (model, source)
+    skipped: dict[str, str]  # source -> why it could not be held out
+    threshold: float
+    models: tuple[str, ...]
+    sources: tuple[str, ...]
+
+
+def source_holdout(dataset: Any, baseline: Condition, baseline_predictions: pd.DataFrame, sources: Sequence[str],
+                   models: Sequence[str], threshold: float = 0.05, n_folds: int = 5, test_ratio: float = 0.1,
+                   val_ratio: float = 0.1, seed: int = 42, model_kwargs: dict[str, Any] | None = None,
+                   runs_dir: str | Path = RUNS_DIR, cache_dir: str | Path = CACHE_DIR,
+                   progress: bool = True) -> SourceHoldout:
+    """For each source: a split table that holds it out, ``models`` trained on it with the baseline's recipe and
+    configuration, its held-out AUC compared with its in-source AUC in the baseline runs (``baseline_predictions``).
+    A source that cannot be held out is skipped and printed; none held out at all is an error."""
+    from lib.data.splits import SplitError, make_splits
+    from lib.training.runstore import collect_predictions, run_cv
+
+    heldout, skipped = [], {}
+    for source in tqdm(sources, desc="source hold-out", disable=not progress):
+        try:
+            splits = make_splits(dataset.manifest, n_folds=n_folds, test_ratio=test_ratio, val_ratio=val_ratio,
+                                 seed=seed, holdout_sources=(source,))
+        except SplitError as err:  # e.g. a source whose images are whole groups: too few groups remain for the test split
+            skipped[source] = str(err)
+            continue
+        cv = pd.concat([run_cv(dataset, splits, baseline.recipe, name, baseline.train, model_kwargs=model_kwargs,
+                               runs_dir=runs_dir, progress=False, cache_dir=cache_dir) for name in models],
+                       ignore_index=True)
+        heldout.append(heldout_scores(collect_predictions(cv, runs_dir=runs_dir), source))
+    if not heldout:
+        raise ValueError(f"no source could be held out: {skipped}")
+    for source, reason in skipped.items():
+        print(f"{source}: not held out ({reason})")
+    runs = pd.concat(heldout, ignore_index=True)
+    comparison = holdout_comparison(runs, in_source_scores(baseline_predictions), threshold=threshold)
+    return SourceHoldout(runs, comparison, skipped, threshold, tuple(models), tuple(sources))
 
 
 # ------------------------------------------------------------------------------------------ augmentation
@@ -526,7 +714,22 @@ def recommend(conditions: Sequence[Condition], table: pd.DataFrame, comparisons:
     }
 
 
+def phase3_recommendation(conditions: Sequence[Condition], table: pd.DataFrame, comparisons: pd.DataFrame,
+                          geometry_detected: bool, face_rate_gap: float, face_rate_tolerance: float,
+                          face_min_confidence: float, profile: str) -> dict[str, Any]:
+    """`recommend` with the shortcuts each condition carries (`carried_shortcuts`), plus the MTCNN threshold Phase 3
+    needs to rebuild a face-crop recipe and the shortcut findings the rule used."""
+    shortcuts = {c.name: carried_shortcuts(c.recipe, geometry_detected, face_rate_gap, face_rate_tolerance)
+                 for c in conditions}
+    recommendation = recommend(conditions, table, comparisons, shortcuts, baseline=BASELINE)
+    return recommendation | {"face_min_confidence": face_min_confidence, "geometry_shortcut": geometry_detected,
+                             "face_rate_gap": face_rate_gap, "profile": profile}
+
+
 # ------------------------------------------------------------------------------------------ summary table
+VIEW_KIND = "evaluation view"
+HOLDOUT_KIND = "source hold-out"
+VIEW_PREFIX = "baseline @ "  # how an evaluation view is named among the conditions of the summary
 def summary_rows(table: pd.DataFrame, comparisons: pd.DataFrame, by: str = "condition", reference: str = "baseline",
                  kind: str = "trained", metric: str = "test_auc") -> pd.DataFrame:
     """One row per (level of ``by``, model): ``metric`` mean, std, 95 % interval over folds, the paired difference
@@ -548,6 +751,39 @@ def summary_rows(table: pd.DataFrame, comparisons: pd.DataFrame, by: str = "cond
     return out.merge(cmp[cols], on=["condition", "model"], how="left")
 
 
+def holdout_summary_rows(comparison: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    """`holdout_comparison` rows in the layout of `summary_rows`: the held-out AUC against the in-source AUC as the
+    reference (Δ = held-out - in-source, Welch interval)."""
+    return pd.DataFrame({
+        "condition": "without " + comparison["source"], "kind": HOLDOUT_KIND, "model": comparison["model"],
+        "metric": "held-out AUC", "n": np.nan, "mean": comparison["heldout_auc_mean"], "std": np.nan,
+        "ci_low": comparison["heldout_auc_ci_low"], "ci_high": comparison["heldout_auc_ci_high"],
+        "reference": "in-source AUC", "delta": -comparison["difference"], "delta_ci_low": -comparison["diff_ci_high"],
+        "delta_ci_high": -comparison["diff_ci_low"], "p_holm": comparison["welch_p_holm"],
+        "verdict": np.where(comparison["flagged"], f"flagged (> {threshold})", "not flagged"), "subphase": "2A"})
+
+
+def phase2_summary(runs: pd.DataFrame, comparisons: pd.DataFrame, conditions: Sequence[Condition],
+                   geometry: GeometryAnalysis, holdout: SourceHoldout) -> pd.DataFrame:
+    """Every Phase 2 result in `summary_rows` layout with its sub-phase: the trained conditions against the
+    baseline, the evaluation views against the training view, the source hold-out."""
+    trained = summary_rows(runs, comparisons, by="condition", reference=BASELINE)
+    trained = trained.merge(condition_table(conditions)[["condition", "subphase"]], on="condition")
+    views = geometry.view_summary.assign(condition=VIEW_PREFIX + geometry.view_summary["condition"], subphase="2A")
+    return pd.concat([trained, views, holdout_summary_rows(holdout.comparison, holdout.threshold)], ignore_index=True)
+
+
+def paired_tests_table(comparisons: pd.DataFrame, view_tests: pd.DataFrame) -> pd.DataFrame:
+    """The notebook's paired tests, one Holm family each: conditions vs the baseline, geometry views vs resize."""
+    return pd.concat([comparisons.assign(family="conditions vs baseline"),
+                      view_tests.assign(family="geometry views vs resize")], ignore_index=True)
+
+
+def headline_table(display_summary: pd.DataFrame) -> pd.DataFrame:
+    """The index page's table: the formatted summary without the source hold-out (it has its own figure)."""
+    return display_summary[display_summary["kind"] != HOLDOUT_KIND].drop(columns=["kind"])
+
+
 def format_summary(summary: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
     """Readable version of `summary_rows` tables: 'mean ± std' and '[low, high]' strings."""
     f = lambda v: "" if pd.isna(v) else f"{v:.{digits}f}"  # noqa: E731
@@ -567,6 +803,81 @@ def format_summary(summary: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
         if col in summary:
             out[name] = [f(v) if name != "per-source AUC var" or pd.isna(v) else f"{v:.4f}" for v in summary[col]]
     return out
+
+
+# ------------------------------------------------------------------------------------------------ conclusions
+_VIEW_CHANGE = {"supported": "drops (the models used what this view removes)",
+                "contradicted": "rises (this view adds a class cue of its own, e.g. padding bars on real images only)"}
+
+
+def _geometry_lines(geometry: GeometryAnalysis) -> list[str]:
+    g, square = geometry.decision, geometry.by_class.set_index("class")["square"]
+    lines = [f"Geometry shortcut {'DETECTED' if g['detected'] else 'not detected'}: a classifier on width/height/aspect "
+             f"alone reaches AUC {g['probe_auc_mean']:.3f} (95 % CI {g['probe_auc_ci'][0]:.3f}-{g['probe_auc_ci'][1]:.3f}); "
+             f"real images are square in {square['real']:.0%} of cases, fakes in {square['fake']:.0%}."]
+    for _, row in geometry.view_tests.iterrows():
+        lines.append(f"Baseline checkpoints seen through `{row['a']}` instead of the training resize ({row['model']}): "
+                     f"test AUC {row['mean_b']:.3f} -> {row['mean_a']:.3f}, Δ {row['mean_diff']:+.3f} (95 % CI "
+                     f"{row['diff_ci_low']:+.3f} to {row['diff_ci_high']:+.3f}, Holm p = {row['t_p_holm']:.3g}): the AUC "
+                     + _VIEW_CHANGE.get(row["verdict"], "does not change significantly") + ".")
+    lines.append("Models rely on the geometry (AUC drops under the geometry-neutral view): "
+                 + (", ".join(g["exploited_by"]) if g["exploited"] else "not shown for any model") + ".")
+    return lines
+
+
+def _holdout_line(holdout: SourceHoldout) -> str:
+    comparison = holdout.comparison
+    flagged = comparison[comparison["flagged"]]
+    found = ("; ".join(f"{r['source']} ({r['model']}): held-out AUC {r['heldout_auc_mean']:.3f} vs in-source "
+                       f"{r['in_source_auc_mean']:.3f}" for _, r in flagged.iterrows()) + " flagged"
+             if len(flagged) else "no source flagged")
+    skipped = (f"; not held out: {', '.join(holdout.skipped)} (too few groups left for the split)"
+               if holdout.skipped else "")
+    return (f"Source hold-out (threshold {holdout.threshold}): {found} ({len(comparison)} source x model pairs"
+            f"{skipped}).")
+
+
+def _face_rate_line(face_rates: pd.DataFrame, tolerance: float) -> str:
+    by_class, gap = class_face_rates(face_rates), face_rate_gap(face_rates)
+    return (f"MTCNN finds a face in {by_class['real']:.0%} of real and {by_class['fake']:.0%} of fake images (gap "
+            f"{gap:.2f}; {'above' if gap > tolerance else 'within'} the tolerance {tolerance}).")
+
+
+def _augmentation_line(row: pd.Series) -> str:
+    return (f"Augmentation {row['augmented']} vs {row['plain']} ({row['model']}): gap {row['gap_change']:+.3f}, "
+            f"per-source variance {row['source_auc_var_change']:+.4f}, train AUC {row['train_auc_change']:+.3f}, "
+            f"val AUC {row['val_auc_change']:+.3f} -> {row['interpretation']}.")
+
+
+def _recommendation_line(r: dict[str, Any]) -> str:
+    return (f"Recommended for Phase 3: `{r['condition']}` (recipe {r['recipe']['mode']} {r['recipe']['size']} px, "
+            f"normalisation {r['normalization']}, augmentation {'on' if r['augment'] else 'off'}; mean test AUC "
+            f"{r['mean_test_auc']:.3f} over {', '.join(r['models_compared'])})"
+            + (f"; fallback: {r['fallback_reason']}" if r["fallback"] else "") + ".")
+
+
+def conclusions(geometry: GeometryAnalysis, comparisons: pd.DataFrame, holdout: SourceHoldout,
+                face_rates: pd.DataFrame, face_rate_tolerance: float, augmentation: pd.DataFrame,
+                recommendation: dict[str, Any], condition_models: Sequence[str], sources_note: str = "") -> list[str]:
+    """The notebook's computed conclusions, one sentence per finding, in the order of its sections."""
+    lines = [f"Source hold-out: {sources_note}"] if sources_note else []
+    lines += _geometry_lines(geometry)
+    lines += [f"[{row['model']}] " + compare.describe_comparison(row) for _, row in comparisons.iterrows()]
+    lines.append(_holdout_line(holdout))
+    lines.append(_face_rate_line(face_rates, face_rate_tolerance))
+    lines += [_augmentation_line(row) for _, row in augmentation.iterrows()]
+    lines.append(_recommendation_line(recommendation))
+    lines.append(f"Models trained per condition: {', '.join(condition_models)}; source hold-out: "
+                 f"{', '.join(holdout.models)} on {', '.join(holdout.sources)}.")
+    return lines
+
+
+def conclusions_record(conclusions: list[str], geometry: GeometryAnalysis, recommendation: dict[str, Any],
+                       seconds: float) -> dict[str, Any]:
+    """The JSON record of the conclusions with the decisions later notebooks and tests read."""
+    return {"conclusions": conclusions, "geometry_shortcut_detected": geometry.decision["detected"],
+            "geometry_shortcut_exploited": geometry.decision["exploited"],
+            "recommendation": recommendation["condition"], "seconds": seconds}
 
 
 # ------------------------------------------------------------------------------------------------ figures
@@ -606,6 +917,34 @@ def plot_fold_pairs(table: pd.DataFrame, levels: Sequence[str], by: str = "condi
     return save(fig, path)
 
 
+def plot_view_examples(manifest: pd.DataFrame, views: dict[str, Recipe], per_class: int = 3,
+                       path: str | Path | None = None):
+    """The first ``per_class`` real and fake images shown through every view: one row per view."""
+    from lib.data.cache import build_cache
+    from lib.report.plots import image_grid
+
+    examples = np.concatenate([np.flatnonzero(manifest["label"].to_numpy() == label)[:per_class] for label in (0, 1)])
+    grid, titles = [], []
+    for name, recipe in views.items():
+        images = build_cache(manifest, recipe, progress=False)
+        grid += [images[i].transpose(1, 2, 0) for i in examples]
+        titles += [f"{name} | {manifest.at[i, 'source']}" for i in examples]
+    return image_grid(grid, titles, ncols=len(examples), size=1.8, path=path)
+
+
+def plot_face_rates(rates: pd.DataFrame, path: str | Path | None = None):
+    """MTCNN face detection rate per source, real and fake side by side (`faces.detection_rates`)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    from lib.report.plots import save
+
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    sns.barplot(rates, x="source", y="rate", hue="class", ax=ax)
+    ax.set_title("MTCNN face detection rate per source")
+    return save(fig, path)
+
+
 def plot_deltas(summary: pd.DataFrame, title: str = "", path: str | Path | None = None):
     """Forest plot of the paired differences (``delta`` with its 95 % interval) of a `summary_rows` table."""
     import matplotlib.pyplot as plt
@@ -630,6 +969,16 @@ def plot_deltas(summary: pd.DataFrame, title: str = "", path: str | Path | None 
         ax.set_title(title)
     fig.tight_layout()
     return save(fig, path)
+
+
+def plot_summary_deltas(summary: pd.DataFrame, title: str = "Phase 2: paired differences (test AUC)",
+                        path: str | Path | None = None):
+    """`plot_deltas` of a `phase2_summary` table: the trained conditions and the evaluation views (labelled
+    'view <name>'); the source hold-out has its own figure (`plot_holdout`)."""
+    rows = summary[summary["kind"] != HOLDOUT_KIND]
+    views = rows["kind"] == VIEW_KIND
+    labels = rows["condition"].where(~views, "view " + rows["condition"].str.removeprefix(VIEW_PREFIX))
+    return plot_deltas(rows.assign(condition=labels), title=title, path=path)
 
 
 def plot_holdout(comparison: pd.DataFrame, path: str | Path | None = None):

@@ -4,8 +4,13 @@
   baseline recipe and says so); `recipe_boxes` gives the face boxes a face-crop recipe needs.
 - Candidates: `Candidate`, `candidates` (adds ImageNet-pretrained variants when their weight files are installed),
   `run_candidates` (run_cv for each, tables labelled by candidate).
-- Speed: `seconds_per_epoch` (from the run histories), `inference_speed` (images/s on this machine).
-- Statistics: `compare_to_references` (paired tests, Holm over the family), `select_models` (the computed rule).
+- The notebook's comparison: `Plan` (Phase 1 references, baselines with Phase 3 preprocessing, Phase 3 candidates,
+  each `Group` with its recipe and training) and `run_plan` (one fold table with `group` and `image_size`).
+- Speed: `seconds_per_epoch` (from the run histories), `inference_speed` (images/s on this machine), `measure_cost`
+  (the cost table: parameters, seconds per epoch, images/s).
+- Statistics: `compare_to_references` (paired tests, Holm over the family), `reference_tests` (plus DeLong/McNemar
+  against the best reference), `select_models` (the computed rule) and `selection_record` (the JSON for notebook 06).
+- Report: `conclusions` (computed lines), `headline_table`, `save_conclusions`.
 """
 
 
@@ -23,9 +28,23 @@ import torch
 
 from lib.data.augment import AugmentPolicy
 from lib.data.recipes import Recipe
+from lib.evaluation import compare
 from lib.evaluation.stats import holm, summarize
-from lib.fileio import read_json
+from lib.fileio import read_json, write_json
+from lib.paths import RUNS_DIR, figures_dir, tables_dir
+from lib.report import save_headline
+from lib.studies.phase1 import test_set_comparisons
 from lib.training.fit import NORMALIZATIONS, TrainConfig
+
+NOTEBOOK = "05_phase3_architectures"
+TITLE = "05 · Phase 3: architectures (ranking)"
+HEADLINE_FIGURES = ("phase3_params_vs_auc.png", "phase3_roc_pr.png")
+PHASE1_GROUP, REPEATED_GROUP, PHASE3_GROUP = "Phase 1 baseline", "baseline, Phase 3 preprocessing", "Phase 3"
+# columns shown by the notebook (the saved tables keep every column)
+FOLD_COLUMNS = ["model", "group", "fold", "trained", "epochs", "best_epoch", "seconds", "val_auc", "test_auc",
+                "test_accuracy"]
+TEST_COLUMNS = ["a", "b", "n", "mean_diff", "diff_ci_low", "diff_ci_high", "t_p", "t_p_holm", "wilcoxon_p_holm",
+                "verdict"]
 
 
 @dataclass(frozen=True)
@@ -175,6 +194,86 @@ def label_predictions(predictions: pd.DataFrame, cv: pd.DataFrame, column: str =
     return predictions.assign(**{column: predictions["run_key"].map(mapping)})
 
 
+@dataclass(frozen=True)
+class Group:
+    """Candidates trained with one recipe and one training configuration; `name` fills the fold table's `group`."""
+
+    name: str
+    entries: list[Candidate]
+    recipe: Recipe
+    config: TrainConfig
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What notebook 05 compares: the Phase 1 baselines as notebook 03 ran them (the references), the same baselines
+    with Phase 3's preprocessing when that differs and `rerun_baselines` is on, and the Phase 3 candidates."""
+
+    phase1_recipe: Recipe
+    phase1_config: TrainConfig
+    preprocessing: Preprocessing
+    baselines: Sequence[str]
+    entries: Sequence[Candidate]
+    notes: Sequence[str] = ()  # from `candidates`: which pretrained variants were added or skipped
+    rerun_baselines: bool = True
+
+    @property
+    def phase3_config(self) -> TrainConfig:
+        return self.preprocessing.train_config(self.phase1_config)
+
+    @property
+    def same_as_phase1(self) -> bool:
+        return self.preprocessing.recipe == self.phase1_recipe and self.phase3_config == self.phase1_config
+
+    @property
+    def references(self) -> list[str]:
+        """Labels of the Phase 1 baselines."""
+        return list(dict.fromkeys(self.baselines))
+
+    def groups(self) -> list[Group]:
+        """The groups to run, in order: Phase 1 baselines, [baselines with Phase 3 preprocessing], Phase 3."""
+        recipe, config = self.preprocessing.recipe, self.phase3_config
+        baselines = [Candidate(m, m) for m in self.baselines]
+        groups = [Group(PHASE1_GROUP, baselines, self.phase1_recipe, self.phase1_config)]
+        if self.rerun_baselines and not self.same_as_phase1:
+            # architecture is then the only difference between these and the Phase 3 candidates
+            repeated = [Candidate(f"{m} (Phase 3 preprocessing)", m) for m in self.baselines]
+            groups.append(Group(REPEATED_GROUP, repeated, recipe, config))
+        groups.append(Group(PHASE3_GROUP, list(self.entries), recipe, config))
+        return groups
+
+    def find(self, label: str) -> tuple[Group, Candidate]:
+        """The first group with a candidate labelled `label`, and that candidate."""
+        for group in self.groups():
+            for entry in group.entries:
+                if entry.label == label:
+                    return group, entry
+        raise KeyError(f"no candidate labelled {label!r} in the plan")
+
+    def describe(self) -> str:
+        """The preprocessing, the Phase 2 rule (if any), whether Phase 3 repeats Phase 1's setup, the candidates."""
+        lines = [f"Preprocessing of Phase 3: {self.preprocessing.describe()}"]
+        if self.preprocessing.rule:
+            lines.append(f"Phase 2 rule: {self.preprocessing.rule}")
+        lines.append(f"Same preprocessing and training as Phase 1: {self.same_as_phase1}")
+        lines.append("\n  ".join(["Candidates:", str([c.label for c in self.entries]), *self.notes]))
+        return "\n".join(lines)
+
+
+def run_plan(dataset: Any, splits: pd.DataFrame, plan: Plan, boxes: np.ndarray | None = None, progress: bool = True,
+             **store_kw: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`run_candidates` for every group of `plan`: (fold table with `image_size` and `group`, predictions).
+    `boxes` (from `recipe_boxes`) go to the groups whose recipe crops faces; `store_kw` as in `run_candidates`."""
+    folds, predictions = [], []
+    for group in plan.groups():
+        group_boxes = boxes if group.recipe.needs_boxes else None
+        cv, pred = run_candidates(dataset, splits, group.recipe, group.config, group.entries, group_boxes,
+                                  progress=progress, **store_kw)
+        folds.append(cv.assign(image_size=group.recipe.size, group=group.name))
+        predictions.append(pred)
+    return pd.concat(folds, ignore_index=True), pd.concat(predictions, ignore_index=True)
+
+
 def seconds_per_epoch(history: pd.DataFrame, by: str = "model") -> pd.DataFrame:
     """Mean, std and interval of the wall time of one training epoch, over every epoch of every fold, per level."""
     if "seconds" not in history.columns:
@@ -215,6 +314,48 @@ def inference_speed(model: torch.nn.Module, image_size: int, batch_size: int = 3
             "batch_size": batch_size, "threads": torch.get_num_threads()}
 
 
+def inference_speeds(cv: pd.DataFrame, batch_size: int = 32, repeats: int = 5, seed: int = 0,
+                     runs_dir: str | Path = RUNS_DIR) -> pd.DataFrame:
+    """`inference_speed` of the first stored run of each model label at its `image_size`, one row per label."""
+    from lib.training.runstore import load_model
+
+    first_runs = cv.drop_duplicates("model").set_index("model")
+    return pd.DataFrame({label: inference_speed(load_model(Path(runs_dir) / row["run_key"]), int(row["image_size"]),
+                                                batch_size, repeats, seed=seed)
+                         for label, row in first_runs.iterrows()}).T
+
+
+def cost_table(cv: pd.DataFrame, epoch_seconds: pd.DataFrame, speed: pd.DataFrame) -> pd.DataFrame:
+    """One row per model label: group, image_size, parameters, mean epoch_seconds, images_per_s and batch_ms."""
+    first_runs = cv.drop_duplicates("model").set_index("model")
+    return pd.DataFrame({"group": first_runs["group"], "image_size": first_runs["image_size"],
+                         "parameters": first_runs["n_parameters"].astype(int),
+                         "epoch_seconds": epoch_seconds["epoch_seconds_mean"],
+                         "images_per_s": speed["images_per_s"], "batch_ms": speed["batch_ms_median"]})
+
+
+def measure_cost(cv: pd.DataFrame, batch_size: int = 32, repeats: int = 5, seed: int = 0,
+                 runs_dir: str | Path = RUNS_DIR) -> pd.DataFrame:
+    """`cost_table` with seconds per epoch from the run histories and inference speed measured now."""
+    from lib.training.runstore import collect_histories
+
+    epoch_seconds = seconds_per_epoch(collect_histories(cv, by="model", runs_dir=runs_dir), by="model")
+    return cost_table(cv, epoch_seconds, inference_speeds(cv, batch_size, repeats, seed, runs_dir))
+
+
+def summaries(cv: pd.DataFrame, cost: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(long test summary, wide test table with parameters, seconds per epoch and images/s rounded to 0.1)."""
+    summary = compare.cv_summary(cv, by="model", part="test")
+    costs = cost[["parameters", "epoch_seconds", "images_per_s"]].round(1)
+    table = compare.summary_wide(summary, by="model").join(costs)
+    return summary, table
+
+
+def metric_with_cost(summary: pd.DataFrame, cost: pd.DataFrame, metric: str = "auc") -> pd.DataFrame:
+    """The `cv_summary` rows of `metric`, indexed by model, with its parameters and images_per_s."""
+    return summary[summary["metric"] == metric].set_index("model").join(cost[["parameters", "images_per_s"]])
+
+
 def compare_to_references(cv: pd.DataFrame, by: str, references: Sequence[str], others: Sequence[str],
                           metrics: Sequence[str] = ("test_auc",), direction: str = "greater") -> pd.DataFrame:
     """Every level in `others` against every level in `references` (a - b = other - reference), per metric, paired
@@ -232,6 +373,16 @@ def compare_to_references(cv: pd.DataFrame, by: str, references: Sequence[str], 
         table["t_p_holm"] = holm(table["t_p"].to_numpy())
         table["wilcoxon_p_holm"] = holm(table["wilcoxon_p"].to_numpy())
     return table
+
+
+def reference_tests(cv: pd.DataFrame, predictions: pd.DataFrame, auc: pd.DataFrame,
+                    references: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every non-reference model against every reference on the fold test AUC (`compare_to_references`), and on the
+    shared test set against the reference with the best mean AUC in `auc` (a `metric_with_cost` table)."""
+    others = [m for m in cv["model"].unique() if m not in references]
+    paired = compare_to_references(cv, "model", references, others, metrics=["test_auc"])
+    best_reference = auc.loc[list(references), "mean"].idxmax()
+    return paired, test_set_comparisons(predictions, others, best_reference)
 
 
 SELECTION_RULE = (
@@ -285,6 +436,24 @@ def select_models(cv: pd.DataFrame, by: str = "model", metric: str = "test_auc",
     return rank, selected, rule
 
 
+def selection_record(plan: Plan, cv: pd.DataFrame, ranking: pd.DataFrame, selected: Sequence[str], rule: str,
+                     metric: str, top_k: int) -> dict[str, Any]:
+    """What notebook 06 reads from `phase3_selection.json`: the rule, and for each selected label its candidate,
+    recipe, training configuration and run keys; plus the preprocessing's origin and the full ranking."""
+    entries = []
+    for label in selected:
+        group, candidate = plan.find(label)
+        entries.append({**candidate.to_dict(), "recipe": group.recipe.to_dict(), "train": group.config.to_dict(),
+                        "run_keys": cv.loc[cv["model"] == label, "run_key"].tolist()})
+    prep = plan.preprocessing
+    return {
+        "rule": rule, "metric": metric, "top_k": top_k, "selected": list(selected), "entries": entries,
+        "preprocessing": {"origin": prep.origin, "condition": prep.condition, "rule": prep.rule,
+                          "face_min_confidence": prep.face_min_confidence},
+        "ranking": ranking.to_dict(orient="records"),
+    }
+
+
 def plot_metric_vs(table: pd.DataFrame, x: str, label: str = "model", metric: str = "AUC", logx: bool = True,
                    path: str | Path | None = None):
     """Scatter of `mean` (with its 95 % interval as error bars) against column `x`, one annotated point per row."""
@@ -302,3 +471,62 @@ def plot_metric_vs(table: pd.DataFrame, x: str, label: str = "model", metric: st
     ax.set(xlabel=x.replace("_", " "), ylabel=f"test {metric} (mean, 95 % CI over folds)")
     fig.tight_layout()
     return save(fig, path)
+
+
+def cost_line(name: str, row: pd.Series) -> str:
+    """`name (P parameters, S images/s): test AUC ...` from a `metric_with_cost` row."""
+    return (f"{name} ({int(row['parameters']):,} parameters, {row['images_per_s']:.0f} images/s): test AUC "
+            f"{row['mean']:.3f} ± {row['std']:.3f} (95 % CI {row['ci_low']:.3f}-{row['ci_high']:.3f}, "
+            f"{int(row['n'])} folds).")
+
+
+def verdict_lines(paired: pd.DataFrame) -> list[str]:
+    """How many comparisons support 'better than a baseline' (and which), and which show a model worse."""
+    supported = paired[paired["verdict"] == "supported"]
+    line = (f"Phase 3 models better than a Phase 1 baseline (paired 95 % interval above 0): "
+            f"{len(supported)} of {len(paired)} comparisons")
+    if len(supported):
+        line += (": " + "; ".join(f"{r['a']} > {r['b']}" for _, r in supported.iterrows())
+                 + f" (of which paired t Holm p < 0.05: {int((supported['t_p_holm'] < 0.05).sum())})")
+    lines = [line + "."]
+    contradicted = paired[paired["verdict"] == "contradicted"]
+    if len(contradicted):
+        lines.append("Worse than a baseline (interval below 0): "
+                     + "; ".join(f"{r['a']} < {r['b']}" for _, r in contradicted.iterrows()) + ".")
+    return lines
+
+
+def delong_line(row: pd.Series) -> str:
+    """One sentence about the DeLong test of a `test_set_comparison` row."""
+    return (f"DeLong vs {row['b']} on {int(row['n_test'])} test images: {row['a']} AUC "
+            f"{row['delong_auc1']:.3f} vs {row['delong_auc2']:.3f}, p = {row['delong_p']:.3g}.")
+
+
+def conclusions(preprocessing: Preprocessing, auc: pd.DataFrame, paired: pd.DataFrame, test_set: pd.DataFrame,
+                selected: Sequence[str], rule: str, speed_batch_size: int) -> list[str]:
+    """The computed conclusion lines: preprocessing, each model's AUC and cost (best first, from a `metric_with_cost`
+    table), the verdicts against the baselines, the DeLong tests, the fastest model and the selection."""
+    lines = [f"Preprocessing: {preprocessing.describe()}."]
+    lines += [cost_line(name, row) for name, row in auc.sort_values("mean", ascending=False).iterrows()]
+    lines += verdict_lines(paired)
+    lines += [delong_line(row) for _, row in test_set.iterrows() if pd.notna(row.get("delong_p"))]
+    fastest = auc["images_per_s"].idxmax()
+    lines.append(f"Fastest at inference: {fastest} ({auc.loc[fastest, 'images_per_s']:.0f} images/s on this machine, "
+                 f"batch {speed_batch_size}).")
+    lines.append(f"Selected for Phase 4: {', '.join(selected)} (rule: {rule})")
+    return lines
+
+
+def headline_table(table: pd.DataFrame, ranking: pd.DataFrame) -> pd.DataFrame:
+    """The summary table in ranking order, with each model's rank and whether it was selected."""
+    ranked = ranking.set_index("model")
+    return table.loc[ranked.index].assign(rank=ranked["rank"], selected=ranked["selected"]).reset_index(names="model")
+
+
+def save_conclusions(profile: str, conclusions: list[str], headline: pd.DataFrame, selected: Sequence[str]) -> None:
+    """Write `phase3_conclusions.json` and the notebook's headline for the index page."""
+    figures = figures_dir(profile)
+    write_json(tables_dir(profile) / "phase3_conclusions.json",
+               {"conclusions": conclusions, "selected": list(selected)})
+    save_headline(profile, NOTEBOOK, headline, title=TITLE, conclusions=conclusions,
+                  figures=[figures / name for name in HEADLINE_FIGURES])

@@ -1,17 +1,66 @@
-"""Phase 4 (notebook 06): does more data help (learning curve), and the final evaluation of the selected models."""
+"""Phase 4 (notebook 06): does more data help (learning curve), and the final evaluation of the selected models.
+
+The notebook reads Phase 3's selection (`load_selection`), trains or loads every (model, fraction) run of the data
+scaling study (`scaling_splits`, `run_scaling`, `learning_curves`, `scaling_tests`), evaluates the selected models
+against the Phase 1 baselines (`run_final`, `final_summary`, `reference_tests`, calibration and hard examples), and
+turns the numbers into its conclusion lines (`scaling_conclusions`, `final_conclusions`, `save_conclusions`).
+"""
 
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from lib.data.recipes import Recipe
 from lib.evaluation.stats import summarize, verdict
+from lib.fileio import read_json
+from lib.studies.phase3 import Candidate, compare_to_references, recipe_boxes, run_candidates
+from lib.training.fit import TrainConfig
+
+FINAL_METRICS = ("auc", "ap", "accuracy", "f1", "ece", "brier")
+HARD_KINDS = ("false positive", "false negative")
+
+
+# ----------------------------------------------------------------------------------------------- selection
+
+@dataclass(frozen=True)
+class Selection:
+    """The models Phase 4 evaluates: (candidate, recipe, training configuration) each, and where they came from."""
+
+    entries: list[tuple[Candidate, Recipe, TrainConfig]]
+    origin: str                     # in words, shown by the notebook and its conclusions
+    face_min_confidence: float      # MTCNN threshold of the face boxes a face-crop recipe needs
+
+    @property
+    def labels(self) -> list[str]:
+        return [c.label for c, _, _ in self.entries]
+
+
+def load_selection(path: str | Path, baseline_models: Sequence[str], phase1_recipe: Recipe,
+                   phase1_config: TrainConfig) -> Selection:
+    """Phase 3's `phase3_selection.json`, or the Phase 1 baselines (recipe and configuration) when it does not exist
+    (notebook 05 has not run), saying which in `origin`."""
+    path = Path(path)
+    if path.is_file():
+        selection = read_json(path)
+        entries = [(Candidate.from_dict(e), Recipe.from_dict(e["recipe"]), TrainConfig.from_dict(e["train"]))
+                   for e in selection["entries"]]
+        origin = f"Phase 3 selection ({path.name}; rule: {selection['rule']})"
+        face_min_confidence = float(selection.get("preprocessing", {}).get("face_min_confidence", 0.9))
+    else:
+        entries = [(Candidate(m, m), phase1_recipe, phase1_config) for m in baseline_models]
+        origin = f"Phase 1 baselines ({path.name} not found: notebook 05 has not run)"
+        face_min_confidence = 0.9
+    if not entries:
+        raise ValueError(f"{path} selects no model")
+    return Selection(entries, origin, face_min_confidence)
 
 
 def scaling_splits(manifest: pd.DataFrame, fractions: Sequence[float],
@@ -64,6 +113,38 @@ def scaling_split_check(splits_by_fraction: dict[float, pd.DataFrame], manifest:
     return pd.DataFrame(rows)
 
 
+def infeasible_notes(infeasible: dict[float, str]) -> list[str]:
+    """One line per training fraction that `scaling_splits` could not split, with the reason."""
+    return [f"fraction {f:.0%} cannot be split and is left out: {why}" for f, why in infeasible.items()]
+
+
+def scaling_condition(label: str, fraction: float) -> str:
+    """Name of one (model, fraction) condition of the data-scaling study, e.g. "resnet18 @ 50%"."""
+    return f"{label} @ {fraction:.0%}"
+
+
+def run_scaling(dataset: Any, splits_by_fraction: dict[float, pd.DataFrame],
+                entries: Sequence[tuple[Candidate, Recipe, TrainConfig]],
+                face_min_confidence: float = 0.9) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every model of `entries` on every fraction's split table (stored runs are loaded): (fold table, predictions),
+    both with the columns fraction and condition (`scaling_condition`)."""
+    frames, predictions = [], []
+    for cand, recipe, config in entries:
+        boxes = recipe_boxes(dataset.manifest, recipe, face_min_confidence)
+        for f, splits in splits_by_fraction.items():
+            cv, pred = run_candidates(dataset, splits, recipe, config, [cand], boxes)
+            condition = scaling_condition(cand.label, f)
+            frames.append(cv.assign(fraction=f, condition=condition))
+            predictions.append(pred.assign(fraction=f, condition=condition))
+    return pd.concat(frames, ignore_index=True), pd.concat(predictions, ignore_index=True)
+
+
+def learning_curves(cv: pd.DataFrame, metrics: Sequence[str] = ("auc", "accuracy"), by: str = "model",
+                    x: str = "fraction") -> pd.DataFrame:
+    """`learning_curve` of each test metric stacked into one table, with a `metric` column (e.g. "auc")."""
+    return pd.concat([learning_curve(cv, by, x, f"test_{m}").assign(metric=m) for m in metrics], ignore_index=True)
+
+
 def learning_curve(cv: pd.DataFrame, by: str = "model", x: str = "fraction", metric: str = "test_auc") -> pd.DataFrame:
     """Mean, std and 95 % t-interval of `metric` over folds per (by, x): the points of a learning curve."""
     for col in (by, x, metric):
@@ -96,6 +177,72 @@ def scaling_delta(cv: pd.DataFrame, by: str = "model", x: str = "fraction", low:
         row.update(delta_ci_low=lo, delta_ci_high=hi, welch_p=p, verdict=verdict(lo, hi, "greater"))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def scaling_tests(cv: pd.DataFrame, predictions: pd.DataFrame, fractions: Iterable[float],
+                  metric: str = "test_auc") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Largest against smallest of `fractions` per model: (`scaling_delta` table, DeLong/McNemar rows between the
+    two fold ensembles on the shared test set). Both are empty when only one fraction could be used."""
+    from lib.evaluation.compare import test_set_comparison
+
+    low, high = min(fractions), max(fractions)
+    if not low < high:  # a single usable fraction: no learning curve to measure
+        return pd.DataFrame(columns=["model", "delta", "verdict"]), pd.DataFrame()
+    delta = scaling_delta(cv, "model", "fraction", low, high, metric)
+    test_set = pd.DataFrame([test_set_comparison(predictions, "condition", scaling_condition(m, high),
+                                                 scaling_condition(m, low)) for m in delta["model"]])
+    return delta, test_set
+
+
+# ----------------------------------------------------------------------------------------------- final evaluation
+
+def phase1_references(selection: Selection, baseline_models: Sequence[str]) -> list[str]:
+    """The Phase 1 baselines the selected models are compared with: those not themselves selected."""
+    return [m for m in baseline_models if m not in selection.labels]
+
+
+def run_final(dataset: Any, splits: pd.DataFrame, selection: Selection, references: Sequence[str],
+              phase1_recipe: Recipe, phase1_config: TrainConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The selected models and the Phase 1 `references` on the full training data (stored runs are loaded):
+    (fold table with a `role` column, predictions)."""
+    frames, predictions = [], []
+    for cand, recipe, config in selection.entries:
+        boxes = recipe_boxes(dataset.manifest, recipe, selection.face_min_confidence)
+        cv, pred = run_candidates(dataset, splits, recipe, config, [cand], boxes)
+        frames.append(cv.assign(role="selected"))
+        predictions.append(pred)
+    if references:
+        cv, pred = run_candidates(dataset, splits, phase1_recipe, phase1_config, [Candidate(m, m) for m in references])
+        frames.append(cv.assign(role="Phase 1 baseline"))
+        predictions.append(pred)
+    return pd.concat(frames, ignore_index=True), pd.concat(predictions, ignore_index=True)
+
+
+def final_summary(cv: pd.DataFrame, metrics: Sequence[str] = FINAL_METRICS) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(long `cv_summary` of the test metrics per model, its wide `mean ± std [ci]` view with each model's role)."""
+    from lib.evaluation.compare import cv_summary, summary_wide
+
+    summary = cv_summary(cv, by="model", part="test", metrics=list(metrics))
+    return summary, summary_wide(summary, by="model").join(cv.groupby("model")["role"].first())
+
+
+def reference_tests(cv: pd.DataFrame, predictions: pd.DataFrame, selected: Sequence[str],
+                    references: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Each selected model against each Phase 1 reference: (paired fold tests of test AUC and accuracy, Holm over the
+    family; DeLong/McNemar of the fold ensembles on the test set). Both empty without references."""
+    from lib.evaluation.compare import test_set_comparison
+
+    if not references:
+        return pd.DataFrame(), pd.DataFrame()
+    paired = compare_to_references(cv, "model", references, selected, metrics=["test_auc", "test_accuracy"])
+    test_set = pd.DataFrame([test_set_comparison(predictions, "model", a, b) for a in selected for b in references])
+    return paired, test_set
+
+
+def calibration_summary(summary: pd.DataFrame) -> pd.DataFrame:
+    """ECE and Brier score (mean over folds) per model, from the long `final_summary` table."""
+    calibration = summary[summary["metric"].isin(["ece", "brier"])]
+    return calibration.pivot(index="model", columns="metric", values="mean")
 
 
 def reliability_tables(predictions: pd.DataFrame, by: str = "model", split: str = "test",
@@ -207,3 +354,72 @@ def plot_gallery(rows: pd.DataFrame, title: str, ncols: int = 8, path: str | Pat
     titles = [f"{s}\np={p:.2f}" for s, p in zip(rows["source"], rows["probability"])]
     return image_grid(images, titles, ncols=max(1, min(ncols, len(images))), size=1.7,
                       suptitle=title if len(images) else f"{title}: none", path=path)
+
+
+def plot_hard_galleries(hard: pd.DataFrame, thresholds: pd.Series | dict, labels: Sequence[str],
+                        figures: str | Path) -> list[Path]:
+    """One `plot_gallery` per model of `labels` and kind of error, saved as phase4_hard_<model index>_<kind>.png in
+    `figures`; the paths in that order."""
+    paths = []
+    for i, label in enumerate(labels):
+        for kind in HARD_KINDS:
+            rows = hard[(hard["model"] == label) & (hard["kind"] == kind)]
+            path = Path(figures) / f"phase4_hard_{i}_{kind.replace(' ', '_')}.png"
+            plot_gallery(rows, f"{label}: most confident {kind}s (threshold {thresholds[label]:.2f})", path=path)
+            paths.append(path)
+    return paths
+
+
+# ----------------------------------------------------------------------------------------------- conclusions
+
+def scaling_conclusions(selection: Selection, infeasible: dict[float, str], split_check: pd.DataFrame,
+                        delta: pd.DataFrame) -> list[str]:
+    """Conclusion lines of 4A: which models, which fractions were left out, the subsample checks, and per model the
+    test AUC at the smallest and largest fraction with the Welch interval of the gain."""
+    lines = [f"Models: {', '.join(selection.labels)} from {selection.origin}."]
+    lines += [f"Fraction {f:.0%} left out of the learning curve: {why}." for f, why in infeasible.items()]
+    lines.append(f"Subsamples: test hold-out identical across fractions: "
+                 f"{'yes' if split_check['test_identical'].all() else 'NO'}; "
+                 f"training parts nested in the full one: {'yes' if split_check['trainval_subset'].all() else 'NO'}; "
+                 f"training images {', '.join(f'{r.fraction:.0%}: {r.trainval}' for r in split_check.itertuples())}.")
+    lines += [f"{r['model']}: test AUC {r['mean_low']:.3f} at {r['low']:.0%} -> {r['mean_high']:.3f} at "
+              f"{r['high']:.0%}, Δ {r['delta']:+.3f} (Welch 95 % CI {r['delta_ci_low']:+.3f} to "
+              f"{r['delta_ci_high']:+.3f}) -> more data helps: {r['verdict']}." for _, r in delta.iterrows()]
+    return lines
+
+
+def final_conclusions(summary: pd.DataFrame, paired: pd.DataFrame, per_source: pd.DataFrame, hard: pd.DataFrame,
+                      selected: Sequence[str], n_hard: int) -> list[str]:
+    """Conclusion lines of 4B: test AUC, ECE and Brier per model, the paired AUC tests against the references, each
+    model's hardest fake source, and how many confident errors of each selected model are shown."""
+    from lib.evaluation.compare import describe_comparison
+
+    auc = summary[summary["metric"] == "auc"].set_index("model")
+    cal = summary.pivot(index="model", columns="metric", values="mean")
+    lines = [f"{name}: test AUC {r['mean']:.3f} (95 % CI {r['ci_low']:.3f}-{r['ci_high']:.3f}), "
+             f"ECE {cal.loc[name, 'ece']:.3f}, Brier {cal.loc[name, 'brier']:.3f}." for name, r in auc.iterrows()]
+    if len(paired):
+        lines += ["Paired over folds: " + describe_comparison(row)
+                  for _, row in paired[paired["metric"] == "test_auc"].iterrows()]
+    worst = per_source[per_source["label"] == 1].sort_values("accuracy_mean").groupby("model").head(1)
+    lines += [f"{r['model']}: hardest fake source {r['source']} (accuracy {r['accuracy_mean']:.3f} at 0.5)."
+              for _, r in worst.iterrows()]
+    counts = hard.groupby(["model", "kind"]).size()
+    lines += [f"{label} errors on the test set at its validation threshold: "
+              f"{counts.get((label, 'false positive'), 0)} false positives and "
+              f"{counts.get((label, 'false negative'), 0)} false negatives shown (at most {n_hard} each)."
+              for label in selected]
+    return lines
+
+
+def save_conclusions(profile: str, conclusions: Sequence[str], selection: Selection, final_table: pd.DataFrame,
+                     figures: Sequence[str | Path]) -> None:
+    """phase4_conclusions.json (lines, models, origin) and the notebook's headline for the index page."""
+    from lib.fileio import write_json
+    from lib.paths import tables_dir
+    from lib.report import save_headline
+
+    write_json(tables_dir(profile) / "phase4_conclusions.json",
+               {"conclusions": list(conclusions), "models": selection.labels, "origin": selection.origin})
+    save_headline(profile, "06_phase4_final", final_table.reset_index(names="model"),
+                  title="06 · Phase 4: data scaling and final evaluation", conclusions=conclusions, figures=figures)

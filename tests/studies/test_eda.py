@@ -57,3 +57,109 @@ def test_colour_statistics():
     red[..., 0] = 255
     stats = eda.colour_statistics([red])
     assert stats.loc[0, "mean_r"] == 1.0 and stats.loc[0, "mean_g"] == 0.0 and stats.loc[0, "saturation"] == 1.0
+
+
+def test_image_subset_is_sorted_unique_and_capped():
+    rows = eda.image_subset(10, 4, np.random.default_rng(0))
+    assert len(rows) == 4 and len(set(rows)) == 4 and (np.diff(rows) > 0).all() and rows.max() < 10
+    assert eda.image_subset(3, 4, np.random.default_rng(0)).tolist() == [0, 1, 2]
+
+
+def test_skipped_by_reason_counts_and_handles_nothing_skipped():
+    skipped = pd.DataFrame({"path": ["a", "b", "c"], "reason": ["truncated", "tiny", "truncated"]})
+    assert eda.skipped_by_reason(skipped).set_index("reason")["files"].to_dict() == {"tiny": 1, "truncated": 2}
+    empty = eda.skipped_by_reason(pd.DataFrame(columns=["path", "reason"]))
+    assert empty.empty and list(empty.columns) == ["reason", "files"]
+
+
+def test_geometry_by_class_square_share():
+    m = eda.with_class_names(pd.DataFrame({"label": [0, 0, 1, 1], "width": [80, 64, 64, 64], "height": 64,
+                                           "bytes": [10, 20, 30, 40]}))
+    geometry = eda.geometry_by_class(m).set_index("cls")
+    assert geometry.loc["real", "square_share"] == 0.5 and geometry.loc["fake", "square_share"] == 1.0
+    assert geometry.loc["fake", "bytes_median"] == 35
+
+
+def test_class_source_counts_counts_images_and_groups():
+    m = eda.with_class_names(pd.DataFrame({"label": [0, 0, 1], "source": ["real", "real", "gan"],
+                                           "path": ["a", "b", "c"], "group": ["g0", "g0", "g1"]}))
+    counts = eda.class_source_counts(m).set_index("source")
+    assert counts.loc["real", "images"] == 2 and counts.loc["real", "groups"] == 1
+    assert counts.loc["gan", "cls"] == "fake"
+
+
+def test_probe_record_is_json_ready():
+    import json
+
+    probe = {"fold_auc": [0.5, 0.7], "auc_mean": 0.6, "flagged": False, "importance": pd.Series({"width": 0.9})}
+    assert json.loads(json.dumps(eda.probe_record(probe)))["importance"] == {"width": 0.9}
+    assert list(eda.probe_table(probe).columns) == ["auc_mean", "flagged"]
+
+
+def test_dataset_near_duplicates_reports_manifest_rows(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    pictures = [rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in range(3)]
+    paths = []
+    for k, img in enumerate([pictures[0], pictures[1], pictures[0], pictures[2]]):  # rows 0 and 2 identical
+        paths.append(tmp_path / f"{k}.png")
+        Image.fromarray(img).save(paths[-1])
+    m = pd.DataFrame({"path": [p.as_posix() for p in paths], "group": ["a", "b", "c", "d"], "source": "real"})
+    splits = pd.DataFrame({"split": ["trainval", "trainval", "test", "trainval"], "fold": [0, 1, -1, 0]})
+    dups = eda.dataset_near_duplicates(m, splits, rows=np.array([1, 2, 3]), max_distance=0)
+    assert dups.empty  # row 0 is outside the subset, so its twin has no partner
+    dups = eda.dataset_near_duplicates(m, splits, rows=np.array([0, 2, 3]), max_distance=0)
+    assert dups[["i", "j"]].values.tolist() == [[0, 2]]
+    summary = eda.duplicate_summary(dups)
+    assert summary.iloc[0].to_dict() == {"pairs": 1, "cross_group": 1, "cross_group_and_split": 1}
+
+
+def test_duplicate_summary_of_no_pairs():
+    empty = eda.duplicate_report(pd.DataFrame(), pd.DataFrame(), pd.DataFrame(columns=["i", "j", "distance"]))
+    assert eda.duplicate_summary(empty).iloc[0].to_dict() == {"pairs": 0, "cross_group": 0, "cross_group_and_split": 0}
+
+
+def test_planted_shortcuts_from_the_card():
+    assert eda.planted_shortcuts(None) == {}
+    card = {"params": {"geometry_shortcut": True, "compression": None, "noise": 1}}
+    assert eda.planted_shortcuts(card) == {"geometry_shortcut": True, "compression": None, "difficulty": None}
+
+
+def test_difficulty_band():
+    assert eda.difficulty_band(0.55) == "near chance"
+    assert eda.difficulty_band(0.8) == "between chance and perfection"
+    assert eda.difficulty_band(0.99) == "near perfect"
+
+
+def _conclusion_inputs(flagged: bool):
+    manifest = pd.DataFrame({"label": [0, 0, 1, 1], "source": ["real", "real", "gan", "gan"],
+                             "group": ["a", "a", "b", "c"]})
+    geometry = pd.DataFrame({"cls": ["fake", "real"], "square_share": [1.0, 0.25]})
+    probe = {"flagged": flagged, "auc_mean": 0.91, "auc_ci_low": 0.85, "auc_ci_high": 0.97, "fold_auc": [0.9] * 5,
+             "importance": pd.Series({"aspect": 0.7, "width": 0.3})}
+    difficulty = pd.DataFrame({"model": ["simple_cnn"], "epochs": [3], "test_auc": [0.75], "test_n": [40]})
+    duplicates = pd.DataFrame({"pairs": [3], "cross_group": [1], "cross_group_and_split": [0]})
+    return manifest, pd.DataFrame(columns=["path", "reason"]), geometry, probe, difficulty, duplicates
+
+
+def test_conclusions_computed_from_the_tables():
+    manifest, skipped, geometry, probe, difficulty, duplicates = _conclusion_inputs(flagged=True)
+    lines = eda.conclusions(manifest, skipped, geometry, probe, {"geometry_shortcut": True, "compression": None},
+                            difficulty, duplicates, max_distance=4)
+    assert lines[0] == ("4 images (2 real, 2 fake) from 2 sources and 3 groups; "
+                        "0 file(s) skipped as unreadable or unusable.")
+    assert lines[1] == "Square images: 25% of real vs 100% of fake."
+    assert "FLAGGED" in lines[2] and "0.850-0.970, 5 group-aware folds" in lines[2]
+    assert lines[2].endswith("top feature: aspect.")
+    assert lines[3].endswith("the probe found a metadata shortcut, as expected.")
+    assert lines[4] == ("Difficulty probe: simple_cnn trained 3 epochs on centre crops reaches test AUC 0.750 on 40 "
+                        "held-out images (between chance and perfection).")
+    assert lines[5] == "Near-duplicates: 3 pairs within 4 bits, 1 across groups, 0 across groups and split roles."
+
+
+def test_conclusions_flag_a_probe_contrary_to_the_card_and_skip_the_card_line_without_one():
+    manifest, skipped, geometry, probe, difficulty, duplicates = _conclusion_inputs(flagged=False)
+    lines = eda.conclusions(manifest, skipped, geometry, probe, {"geometry_shortcut": True}, difficulty, duplicates, 4)
+    assert "not flagged" in lines[2] and lines[3].endswith("did not find a metadata shortcut, CONTRARY to the card.")
+    assert len(eda.conclusions(manifest, skipped, geometry, probe, {}, difficulty, duplicates, 4)) == 5

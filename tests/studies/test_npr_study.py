@@ -264,3 +264,183 @@ def test_external_set_must_not_be_empty(tiny_study):
     empty = SimpleNamespace(root="nowhere", manifest=tiny_study.dataset.manifest.iloc[:0])
     with pytest.raises(ValueError, match="no usable image"):
         na.evaluate_external(pd.DataFrame({"run_key": []}), empty, Recipe(size=16))
+
+
+# ----------------------------------------------------------------------------- notebook steps
+
+def test_setup_tables_list_every_arm_and_every_scale_of_the_map_figure():
+    arms = na.hypothesis_arms([0.25, 0.75]) + na.ablation_arms([0.25, 0.75], [[0.9]])
+    table = na.arm_table(arms)
+    assert list(table["condition"]) == ["npr", "npr_multiscale", "npr_multiscale_uniform", "scales 0.25+0.75", "scales 0.9"]
+    assert pd.isna(table.loc[0, "attention"]) and table.loc[2, "attention"] == "uniform"
+    assert na.map_scales(arms) == [0.25, 0.5, 0.75, 0.9]  # NPR's 0.5 always, each scale once
+
+
+def test_holdout_plan_splits_fake_sources_and_notes_unknown_names_on_own_data():
+    manifest = pd.DataFrame({"label": [0, 1, 1, 1, 1], "source": ["real", "d", "a", "c", "b"]})
+    assert na.holdout_plan(manifest, ["b"]) == (["b"], ["d", "a", "c"], "")
+    held, seen, note = na.holdout_plan(manifest, ["b", "zz"], data_root="/my/data")
+    assert (held, seen) == (["b"], ["d", "a", "c"]) and "zz" in note
+    held, seen, note = na.holdout_plan(manifest, ["zz"], data_root="/my/data")  # nothing left: the default rule
+    assert held == ["c", "d"] and seen == ["a", "b"] and "default rule" in note
+    with pytest.raises(ValueError, match="not fake sources"):
+        na.holdout_plan(manifest, ["zz"])  # on the embedded data an unknown name is a typo
+
+
+def test_split_counts_count_images_per_source_and_split():
+    manifest = pd.DataFrame({"source": ["real", "real", "gan", "gan", "gan"]})
+    splits = pd.DataFrame({"sha256": list("abcde"), "split": ["test", "trainval", "test", "holdout", "holdout"]})
+    counts = na.split_counts(SimpleNamespace(manifest=manifest, splits=splits))
+    assert counts.loc["gan"].to_dict() == {"holdout": 2, "test": 1, "trainval": 0}
+    assert counts.loc["real"].to_dict() == {"holdout": 0, "test": 1, "trainval": 1}
+
+
+def test_unseen_fold_metrics_score_held_out_and_seen_fakes_against_the_test_reals():
+    preds = synthetic_predictions()
+    folds = na.unseen_fold_metrics(preds, ["gen_c"], ["gen_a"])
+    assert len(folds) == 6 and set(folds["unseen_n_fake"]) == {8} and set(folds["seen_n_fake"]) == {6}
+    assert set(folds["unseen_n_real"]) == set(folds["seen_n_real"]) == {12}
+    assert np.allclose(folds["gap_auc"], folds["seen_auc"] - folds["unseen_auc"])
+    one = preds[(preds["condition"] == "strong") & (preds["fold"] == 2)]
+    sel = one[((one["label"] == 0) & (one["split"] == "test")) | ((one["source"] == "gen_a") & (one["split"] == "test"))]
+    row = folds[(folds["condition"] == "strong") & (folds["fold"] == 2)].iloc[0]
+    assert row["seen_auc"] == pytest.approx(roc_auc_score(sel["label"], sel["probability"]))
+
+
+def test_holdout_tables_mark_the_unseen_sources():
+    preds = synthetic_predictions()
+    summary = na.holdout_source_summary(preds, ["gen_c"])
+    assert list(summary.columns[:3]) == ["condition", "source", "in_training"]
+    kinds = summary.drop_duplicates("source").set_index("source")["in_training"].to_dict()
+    assert kinds == {"gen_a": "seen", "gen_b": "seen", "gen_c": "unseen", na.MEAN_ROW: "all"}
+    table = na.holdout_paper_table(summary, ["gen_c"])
+    assert list(table.index) == ["gen_a", "gen_b", "gen_c (unseen)", na.MEAN_ROW]
+    att = pd.DataFrame({"source": ["gen_c", "real"], "w_0.5": [1.0, 1.0]})
+    assert list(na.label_unseen(att, ["gen_c"])["source"]) == ["gen_c (unseen)", "real"]
+    assert list(att["source"]) == ["gen_c", "real"]  # the input table is left as it was
+
+
+def test_claim_record_tests_the_claim_pairs_on_auc_and_ap_with_the_first_pair_on_auc_as_primary():
+    folds = _fold_table(0.05).rename(columns={"test_auc": "unseen_auc", "test_ap": "unseen_ap"})
+    rec = na.claim_record("H3", "claim", folds, "unseen")
+    assert rec["primary"] == {"a": "npr_multiscale", "b": "npr", "metric": "unseen_auc"}
+    tests = na.record_tests(rec)
+    assert set(zip(tests["b"], tests["metric"])) == {(b, m) for b in ("npr", "npr_multiscale_uniform")
+                                                     for m in ("unseen_auc", "unseen_ap")}
+    assert list(na.tests_view(tests).columns) == na.TEST_COLUMNS
+    assert na.tests_view(pd.DataFrame()).empty
+    table = na.summary_table(folds, ["unseen_auc"])
+    assert list(table.index) == ["npr", "npr_multiscale", "npr_multiscale_uniform"] and "±" in table.iloc[0, 0]
+
+
+def test_fold_ensemble_tests_skip_pairs_with_an_arm_that_was_not_run():
+    preds = synthetic_predictions().replace({"condition": {"strong": "npr_multiscale", "weak": "npr"}})
+    out = na.fold_ensemble_tests(preds)
+    assert list(zip(out["a"], out["b"])) == [("npr_multiscale", "npr")]  # no uniform control in these predictions
+    assert out.loc[0, "n_test"] == 24 and 0 <= out.loc[0, "delong_p"] <= 1
+
+
+def _ablation_folds():
+    table = _fold_table(0.05).replace({"condition": {"npr_multiscale": "scales 0.25+0.5", "npr": "scales 0.5",
+                                                     "npr_multiscale_uniform": "scales 0.25"}})
+    return table.assign(test_accuracy=0.7, n_parameters=table["condition"].map(
+        {"scales 0.25+0.5": 200, "scales 0.5": 100, "scales 0.25": 100}))
+
+
+def test_ablation_compares_every_set_with_the_reference_and_names_the_best():
+    arms = na.ablation_arms([0.5], [[0.25, 0.5], [0.25]])
+    cv = _ablation_folds()
+    abl = na.compare_ablation(cv, arms)
+    assert abl.reference == "scales 0.5"
+    assert set(zip(abl.tests["a"], abl.tests["b"])) == {("scales 0.25+0.5", "scales 0.5"), ("scales 0.25", "scales 0.5")}
+    assert (abl.tests["family_size"] == 4).all()
+    assert set(abl.summary["metric"]) == {"test_auc", "test_ap", "test_accuracy"}
+    table = na.ablation_table(cv, abl)
+    assert table.loc["scales 0.25+0.5", "parameters"] == 200 and list(table.index)[0] == "scales 0.5"
+    line = na.ablation_line(abl)
+    assert line.startswith("Scale ablation: highest mean test AUC with scales 0.25+0.5 (")
+    assert "; scales 0.25+0.5 vs scales 0.5: +0.0" in line and "(Holm p = " in line and "-> supported" in line
+    assert line.count(" vs ") == 2 and line.endswith(".")
+    assert set(abl.record()) == {"reference", "per_model", "comparisons"}
+
+
+def test_attention_statistics_save_one_table_each_and_summarise_as_text(tmp_path):
+    stats = na.attention_statistics(_attention_frame(True))
+    stats.save(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "npr_attention_argmax.csv", "npr_attention_images.csv", "npr_attention_kruskal.csv", "npr_attention_summary.csv"]
+    text = na.attention_summary_text(stats.summary)
+    assert text.shape == (3, 3) and text.loc["gan", "0.5"].startswith("0.8") and " ± " in text.loc["gan", "0.5"]
+    line = na.attention_line(stats)
+    assert "for 3 scales" in line and "in 2 of 2 fold models" in line and "for 0% of images" in line
+    assert set(stats.record()) == {"summary", "argmax", "kruskal"}
+
+
+def test_trained_arms_tag_each_distinct_model_with_its_training_sources():
+    cv_h2 = pd.DataFrame({"run_key": ["a", "b"], "condition": ["npr", "npr_multiscale"]})
+    cv_abl = pd.DataFrame({"run_key": ["b", "c"], "condition": ["scales 0.25+0.5", "scales 0.5"]})
+    cv_h3 = pd.DataFrame({"run_key": ["d"], "condition": ["npr"]})
+    arms = na.trained_arms(cv_h2, cv_abl, cv_h3)
+    assert list(arms["run_key"]) == ["a", "b", "c", "d"]  # b: H2's learned arm is the ablation's reference
+    assert list(arms["arm"]) == ["all sources: npr", "all sources: npr_multiscale", "all sources: scales 0.5",
+                                 "seen sources: npr"]
+    assert set(na.trained_arms(cv_h2, cv_abl)["trained_on"]) == {"all sources"}
+
+
+def test_external_hypotheses_compare_the_arms_of_each_training_group():
+    folds = pd.concat([_fold_table(0.05, seed=s).assign(arm=lambda t, g=group: g + ": " + t["condition"])
+                       for s, group in enumerate(["all sources", "seen sources"])], ignore_index=True)
+    folds = folds.rename(columns={"test_auc": "external_auc", "test_ap": "external_ap"})
+    records = na.external_hypotheses(folds, ["all sources", "seen sources"])
+    assert [r["name"] for r in records] == ["external (all sources)", "external (seen sources)"]
+    assert records[1]["primary"] == {"a": "seen sources: npr_multiscale", "b": "seen sources: npr", "metric": "external_auc"}
+    assert all(len(r["comparisons"]) == 4 for r in records)
+    dataset = SimpleNamespace(root="/ext", layout="generic", manifest=pd.DataFrame({"path": ["x", "y"]}))
+    external = na.external_record(dataset, pd.DataFrame({"arm": ["all sources: npr"]}), records)
+    assert external["n_images"] == 2 and not external["skipped"]
+    assert na.external_line(external) == " ".join(na.describe_hypothesis(r) for r in records)
+    assert "skipped" in na.external_line({"skipped": True})
+
+
+def _hypothesis_parts():
+    cv_h2 = _fold_table(0.05).assign(n_parameters=lambda t: t["condition"].map(
+        {"npr": 1500, "npr_multiscale": 4500, "npr_multiscale_uniform": 4500}), run_key=lambda t: t.index.astype(str))
+    h2 = na.claim_record("H2", "claim", cv_h2, "test")
+    abl = na.compare_ablation(_ablation_folds(), na.ablation_arms([0.5], [[0.25, 0.5], [0.25]]))
+    folds_h3 = _fold_table(0.02).rename(columns={"test_auc": "unseen_auc", "test_ap": "unseen_ap"})
+    folds_h3 = folds_h3.assign(seen_auc=folds_h3["unseen_auc"] + 0.1, gap_auc=0.1)
+    h3 = na.claim_record("H3", "claim", folds_h3, "unseen")
+    return cv_h2, h2, abl, na.attention_statistics(_attention_frame(False)), {"skipped": True}, h3, folds_h3
+
+
+def test_conclusions_are_computed_from_each_part():
+    cv_h2, h2, abl, att, external, h3, folds_h3 = _hypothesis_parts()
+    lines = na.conclusions(cv_h2, h2, abl, att, external, h3, folds_h3, sources_note="params name sources ...")
+    assert lines[0] == "H3: params name sources ..."
+    assert lines[1].startswith("npr (1,500 parameters): test AUC 0.") and lines[1].endswith("5 folds).")
+    assert lines[4] == na.describe_hypothesis(h2)
+    assert lines[5].startswith("Does learned attention matter (vs fixed uniform weights)? npr_multiscale - "
+                               "npr_multiscale_uniform test_auc")
+    assert lines[6] == na.ablation_line(abl) and lines[7] == na.describe_hypothesis(h3)
+    assert lines[8].startswith("Generalisation gap (seen - unseen AUC): npr +0.100 ± 0.000, npr_multiscale +0.100")
+    assert lines[9] == na.attention_line(att) and lines[10].startswith("External test set: skipped")
+    not_run = na.conclusions(cv_h2, h2, abl, att, external, {"name": "H3", "verdict": "not run"})
+    assert len(not_run) == 9 and not_run[6] == "H3 was not run (run_h3 is false)."
+
+
+def test_hypotheses_record_and_headline_table():
+    cv_h2, h2, abl, att, external, h3, folds_h3 = _hypothesis_parts()
+    record = na.hypotheses_record({"scales": [0.5]}, h2, h3, abl, att, external, ["a line"],
+                                  {"H2": cv_h2, "ablation": cv_h2.iloc[:2], "H3": None})
+    assert list(record) == ["settings", "H2", "H3", "ablation", "attention", "external", "conclusions", "run_keys"]
+    assert record["run_keys"] == {"H2": [str(i) for i in range(15)], "ablation": ["0", "1"], "H3": []}
+    headline = na.headline_table(cv_h2, folds_h3)
+    assert list(headline.columns) == ["condition", "H2 test_auc", "H2 test_ap", "H3 unseen_auc", "H3 seen_auc"]
+    assert list(headline["condition"]) == ["npr", "npr_multiscale", "npr_multiscale_uniform"]
+    assert list(na.headline_table(cv_h2).columns) == ["condition", "H2 test_auc", "H2 test_ap"]
+
+
+def test_fold_points_figure_has_one_panel_per_metric(tmp_path):
+    fig = na.fold_points_figure(_fold_table(0.05), ["test_auc"], "H2", path=tmp_path / "folds.png")
+    assert [ax.get_title() for ax in fig.axes] == ["H2: test_auc per fold (black: mean and 95 % CI)"]
+    assert (tmp_path / "folds.png").exists()

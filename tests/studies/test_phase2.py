@@ -115,6 +115,10 @@ def test_train_real_normalisation_uses_real_training_images_only(study):
     train0 = np.flatnonzero((study.splits["split"] == "trainval") & (study.splits["fold"] != 0))
     recorded = phase2.run_normalization(cv.loc[cv["fold"] == 0, "run_key"].iloc[0], runs_dir=study.runs)
     np.testing.assert_allclose(recorded["mean"], channel_stats(images, train0[labels[train0] == 0])[0])
+    table = phase2.normalization_table(cv, "c", runs_dir=study.runs).set_index("fold")
+    assert list(table.columns) == ["model", "mean_R", "mean_G", "mean_B", "std_R", "std_G", "std_B"]
+    np.testing.assert_allclose(table.loc[0, ["mean_R", "mean_G", "mean_B"]].astype(float), recorded["mean"])
+    assert phase2.normalization_table(cv, "other", runs_dir=study.runs).empty
 
 
 def test_run_conditions_tags_rows_and_needs_boxes_for_face_crops(study):
@@ -190,16 +194,23 @@ def test_geometry_decision_on_synthetic_inputs():
 def test_geometry_pipeline_detects_exactly_the_planted_shortcut(tmp_path, geometry):
     """End to end on tiny builds: probe, geometry views of a trained checkpoint, paired tests, decision."""
     study = _tiny_study(tmp_path, geometry)
-    cv = _cv(study)
-    probe = phase2.geometry_probe(study.dataset.manifest, n_folds=3, seed=0)
+    kw = dict(runs_dir=study.runs, cache_dir=study.cache)
+    baseline = phase2.Condition("baseline", "2A", Recipe(size=16), CFG, ("simple_cnn",), model_kwargs=MODEL_KW)
+    cv = phase2.run_conditions(study.dataset, study.splits, [baseline], progress=False, **kw)
+    predictions = phase2.score_conditions(cv, study.dataset, study.splits, [baseline], progress=False, **kw)
     views = phase2.geometry_views(16)
-    preds = pd.concat([phase2.evaluate_runs(cv, study.dataset, study.splits, recipe, runs_dir=study.runs,
-                                            cache_dir=study.cache, progress=False).assign(view=name)
-                       for name, recipe in views.items()], ignore_index=True)
-    view_runs = phase2.run_metrics(preds, by=("view", "model"))
-    tests = phase2.compare_conditions(view_runs, "resize", by="view", direction="less")
-    decision = phase2.geometry_shortcut(probe, tests)
+    preds = phase2.score_geometry_views(baseline, cv, predictions, study.dataset, study.splits, views, **kw)
+    assert list(dict.fromkeys(preds["view"])) == list(views)
+    own = preds[preds["view"] == "resize"].drop(columns="view").reset_index(drop=True)
+    pd.testing.assert_frame_equal(own, predictions)  # the training view is the baseline's own scoring
+    analysis = phase2.geometry_analysis(study.dataset.manifest, preds, n_folds=3, seed=0)
+    tests, decision = analysis.view_tests, analysis.decision
     assert decision["detected"] is geometry
+    assert set(tests["a"]) == {"letterbox_real", "center_crop"} and (analysis.view_summary["kind"] == "evaluation view").all()
+    assert "fold_auc" not in analysis.probe_table() and analysis.record(None)["card_geometry_shortcut"] is None
+    with pytest.raises(ValueError, match="training view"):
+        phase2.score_geometry_views(baseline, cv, predictions, study.dataset, study.splits,
+                                    {**views, "resize": Recipe(size=16, mode="center_crop")}, **kw)
     if not geometry:  # every view shows square images identically: the checkpoints' scores cannot move
         assert (tests["mean_diff"] == 0).all() and not decision["exploited"]
         pixels = [build_cache(study.dataset.manifest, r, cache_dir=study.cache, progress=False) for r in views.values()]
@@ -340,3 +351,154 @@ def test_recommendation_avoids_shortcut_carriers_and_significant_losses():
     r = _recommend({"baseline": [0.8, 0.82, 0.79], "augment": [0.9, 0.91, 0.88]}, geometry=True)
     assert r["condition"] == "baseline" and r["fallback"]
     assert r["rule"] == phase2.RECOMMENDATION_RULE
+
+
+# --- the notebook's set-up, face rates, source hold-out, summary and conclusions --------------------------------
+
+def test_phase2_conditions_change_one_thing_of_the_baseline():
+    config = TrainConfig(epochs=2, lr=1e-3, seed=3)
+    conditions = phase2.phase2_conditions(config, 32, 48, ["cnn", "resnet"], ["cnn"], 0.2, 0.9, {"brightness": 0.2})
+    by_name = {c.name: c for c in conditions}
+    assert list(by_name) == ["baseline", "norm_real_train", "center_crop", "resolution_48", "face_crop", "augment",
+                             "augment_face_crop"]
+    base = by_name["baseline"]
+    assert base.models == ("cnn", "resnet") and base.train == config and base.recipe == Recipe(size=32)
+    assert all(c.models == ("cnn",) for c in conditions[1:])
+    # the same configurations as building them from the parameters (so the run keys do not change)
+    assert by_name["norm_real_train"].train == TrainConfig(epochs=2, lr=1e-3, seed=3, normalization="train_real")
+    policy = AugmentPolicy(brightness=0.2)
+    assert by_name["augment"].train == by_name["augment_face_crop"].train == TrainConfig(epochs=2, lr=1e-3, seed=3,
+                                                                                         augment=policy)
+    assert by_name["face_crop"].recipe.face_detector == "mtcnn@0.9" and by_name["resolution_48"].recipe.size == 48
+    phase2.check_model_subsets(["cnn", "resnet"], ["cnn"], ["resnet"])
+    with pytest.raises(ValueError, match="not found: \\['vit'\\]"):
+        phase2.check_model_subsets(["cnn"], ["cnn"], ["vit"])
+
+
+def test_sources_to_hold_out_falls_back_to_every_fake_source():
+    manifest = pd.DataFrame({"label": [0, 1, 1, 1], "source": ["real", "gan", "ae", "gan"]})
+    assert phase2.sources_to_hold_out(manifest, ["gan"]) == (["gan"], "")
+    assert phase2.sources_to_hold_out(manifest, []) == (["ae", "gan"], "")
+    sources, note = phase2.sources_to_hold_out(manifest, ["diffusion"], data_root="/my/data")
+    assert sources == ["ae", "gan"] and "diffusion" in note
+
+
+def test_face_rate_gap_pools_sources_of_a_class():
+    rates = pd.DataFrame({"class": ["fake", "fake", "real"], "source": ["a", "b", "real"], "n": [10, 30, 20],
+                          "faces": [10, 10, 18]})
+    assert phase2.class_face_rates(rates) == pytest.approx({"real": 0.9, "fake": 0.5})
+    assert phase2.face_rate_gap(rates) == pytest.approx(0.4)
+    assert np.isnan(phase2.face_rate_gap(rates[rates["class"] == "fake"]))
+
+
+def test_source_holdout_trains_without_each_source_and_skips_the_impossible(study, monkeypatch, capsys):
+    from lib.data import splits as splits_module
+
+    baseline = phase2.Condition("baseline", "2A", Recipe(size=16), CFG, ("simple_cnn",))
+    in_source = collect_predictions(_cv(study), runs_dir=study.runs)
+    make_splits = splits_module.make_splits
+
+    def refuse_gen_b(manifest, **kw):
+        if kw["holdout_sources"] == ("gen_b",):
+            raise splits_module.SplitError("too few groups")
+        return make_splits(manifest, **kw)
+
+    monkeypatch.setattr(splits_module, "make_splits", refuse_gen_b)
+    kw = dict(threshold=0.05, n_folds=2, test_ratio=0.3, val_ratio=0.1, seed=0, model_kwargs=MODEL_KW,
+              runs_dir=study.runs, cache_dir=study.cache, progress=False)
+    out = phase2.source_holdout(study.dataset, baseline, in_source, ["gen_a", "gen_b"], ["simple_cnn"], **kw)
+    assert out.skipped == {"gen_b": "too few groups"} and "gen_b: not held out (too few groups)" in capsys.readouterr().out
+    assert set(out.runs["source"]) == {"gen_a"} and len(out.runs) == 2 and (out.runs["n_heldout"] > 0).all()
+    assert list(out.comparison["source"]) == ["gen_a"] and out.sources == ("gen_a", "gen_b")
+    with pytest.raises(ValueError, match="no source could be held out"):
+        phase2.source_holdout(study.dataset, baseline, in_source, ["gen_b"], ["simple_cnn"], **kw)
+
+
+def _holdout(flagged: bool = True, skipped: dict | None = None):
+    """A SourceHoldout with one source and model: held-out AUC 0.6 (or 0.9) against an in-source AUC of 0.91."""
+    held = [0.6, 0.62, 0.58] if flagged else [0.9, 0.91, 0.92]
+    heldout = pd.DataFrame([{"model": "m", "source": "ae", "fold": f, "run_key": f"k{f}", "n_heldout": 5,
+                             "heldout_auc": v} for f, v in enumerate(held)])
+    in_source = pd.DataFrame([{"model": "m", "source": "ae", "fold": f, "in_source_auc": v}
+                              for f, v in enumerate([0.9, 0.92, 0.91])])
+    comparison = phase2.holdout_comparison(heldout, in_source, threshold=0.05)
+    return phase2.SourceHoldout(heldout, comparison, skipped or {}, 0.05, ("m",), ("ae", "gan"))
+
+
+def _geometry(detected: bool = True):
+    """A GeometryAnalysis of one model: the centre crop lowers its test AUC."""
+    by_class = pd.DataFrame({"class": ["real", "fake"], "square": [0.0, 1.0]})
+    view_runs = _table({("resize", "m"): [0.9, 0.92, 0.91], ("center_crop", "m"): [0.7, 0.71, 0.69]}).rename(
+        columns={"condition": "view"})
+    tests = phase2.compare_conditions(view_runs, "resize", by="view", direction="less")
+    probe = {"flagged": detected, "auc_mean": 0.99, "auc_ci_low": 0.97, "auc_ci_high": 1.0, "fold_auc": [0.99] * 3}
+    summary = phase2.summary_rows(view_runs, tests, by="view", reference="resize", kind=phase2.VIEW_KIND)
+    return phase2.GeometryAnalysis(by_class, probe, view_runs, tests, summary, phase2.geometry_shortcut(probe, tests))
+
+
+def test_phase2_summary_holds_conditions_views_and_holdout():
+    conditions = _conditions()[:2]
+    runs = _table({("baseline", "m"): [0.80, 0.82, 0.81], ("center_crop", "m"): [0.70, 0.71, 0.69]})
+    comparisons = phase2.compare_conditions(runs, "baseline")
+    summary = phase2.phase2_summary(runs, comparisons, conditions, _geometry(), _holdout())
+    assert list(summary["condition"]) == ["baseline", "center_crop", "baseline @ resize", "baseline @ center_crop",
+                                          "without ae"]
+    assert list(summary["kind"]) == ["trained"] * 2 + ["evaluation view"] * 2 + ["source hold-out"]
+    assert (summary["subphase"] == "2A").all()
+    row = summary.iloc[-1]
+    assert row["delta"] == pytest.approx(-0.31) and row["delta_ci_high"] < 0 and row["verdict"] == "flagged (> 0.05)"
+    assert row["mean"] == pytest.approx(0.6) and row["reference"] == "in-source AUC"
+    display = phase2.format_summary(summary)
+    assert list(phase2.headline_table(display)["condition"]) == list(summary["condition"][:4])
+    import matplotlib.pyplot as plt
+
+    tests = phase2.paired_tests_table(comparisons, _geometry().view_tests)
+    assert list(tests["family"]) == ["conditions vs baseline", "geometry views vs resize"]
+    fig = phase2.plot_summary_deltas(summary)
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert labels == ["center_crop | m (test_auc)", "view center_crop | m (test_auc)"]  # no hold-out row
+    plt.close(fig)
+
+
+def test_phase3_recommendation_records_the_shortcuts_it_used():
+    conditions = _conditions()
+    aucs = {"baseline": [0.80, 0.82, 0.81], "center_crop": [0.79, 0.8, 0.81], "face_crop": [0.9, 0.91, 0.92],
+            "augment": [0.85, 0.86, 0.84]}
+    runs = _table({(c, "m"): v for c, v in aucs.items()})
+    comparisons = phase2.compare_conditions(runs, "baseline")
+    r = phase2.phase3_recommendation(conditions, runs, comparisons, True, 0.5, 0.1, 0.9, "smoke")
+    assert r["condition"] == "center_crop"  # geometry rules out the resizes, the face-rate gap the face crop
+    assert {k: r[k] for k in ("face_min_confidence", "geometry_shortcut", "face_rate_gap", "profile")} == {
+        "face_min_confidence": 0.9, "geometry_shortcut": True, "face_rate_gap": 0.5, "profile": "smoke"}
+    assert phase2.phase3_recommendation(conditions, runs, comparisons, False, 0.0, 0.1, 0.9, "smoke")["condition"] == "face_crop"
+
+
+def test_conclusions_state_every_finding_from_the_numbers():
+    runs = _table({("baseline", "m"): [0.80, 0.82, 0.81], ("center_crop", "m"): [0.70, 0.71, 0.69]})
+    comparisons = phase2.compare_conditions(runs, "baseline")
+    rates = pd.DataFrame({"class": ["fake", "real"], "source": ["a", "real"], "n": [10, 10], "faces": [9, 4]})
+    augmentation = phase2.interpret_augmentation(_aug_table(-0.1, -0.01, 0.0, 0.05), "aug", "plain")
+    recommendation = _recommend({"baseline": [0.8, 0.82, 0.79], "augment": [0.9, 0.91, 0.88]}, geometry=True)
+    lines = phase2.conclusions(_geometry(), comparisons, _holdout(skipped={"gan": "too few groups"}), rates, 0.1,
+                               augmentation, recommendation, ["m"], sources_note="params name sources this dataset lacks")
+    assert lines[0] == "Source hold-out: params name sources this dataset lacks"
+    assert lines[1].startswith("Geometry shortcut DETECTED: a classifier on width/height/aspect alone reaches AUC 0.990")
+    assert "real images are square in 0% of cases, fakes in 100%." in lines[1]
+    assert "`center_crop` instead of the training resize (m): test AUC 0.910 -> 0.700" in lines[2]
+    assert lines[2].endswith("the AUC drops (the models used what this view removes).")
+    assert lines[3] == "Models rely on the geometry (AUC drops under the geometry-neutral view): m."
+    assert lines[4].startswith("[m] center_crop - baseline AUC: -0.110")
+    assert lines[5] == ("Source hold-out (threshold 0.05): ae (m): held-out AUC 0.600 vs in-source 0.910 flagged "
+                        "(1 source x model pairs; not held out: gan (too few groups left for the split)).")
+    assert lines[6] == ("MTCNN finds a face in 40% of real and 90% of fake images (gap 0.50; above the tolerance 0.1).")
+    assert lines[7].startswith("Augmentation aug vs plain (m): gap -0.1") and lines[7].endswith("-> shortcuts removed.")
+    assert lines[8].startswith("Recommended for Phase 3: `baseline` (recipe resize 8 px")
+    assert lines[8].endswith("; fallback: no condition passed the rule.")
+    assert lines[9] == "Models trained per condition: m; source hold-out: m on ae, gan."
+    quiet = phase2.conclusions(_geometry(detected=False), comparisons.iloc[:0], _holdout(flagged=False), rates, 0.6,
+                               augmentation.iloc[:0], recommendation, ["m"])
+    assert quiet[0].startswith("Geometry shortcut not detected")
+    assert "not shown for any model" in quiet[2] and "no source flagged (1 source x model pairs)." in quiet[3]
+    assert "within the tolerance 0.6" in quiet[4]
+    record = phase2.conclusions_record(lines, _geometry(), recommendation, seconds=1.0)
+    assert record["geometry_shortcut_exploited"] is True and record["recommendation"] == "baseline"
