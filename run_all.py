@@ -4,6 +4,11 @@
     python run_all.py --profile default
     python run_all.py --profile full --data-root /path/to/dataset [--layout cifake]
     python run_all.py --profile smoke --only 01,03
+    python run_all.py --profile default --only 08 --set external_root=/data/other --set epochs=3
+
+Progress bars live on this console: one line per notebook with its time, and a bar over the notebooks. The rendered
+reports carry none (the kernels run with TQDM_DISABLE=1); each notebook is rendered twice, `NN_name.html` with the
+code and `NN_name.reader.html` without it.
 """
 
 from __future__ import annotations
@@ -14,12 +19,20 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # inherited by the notebook kernels; see lib/__init__.py
 
-from lib.config import PROFILES, ParamsError, resolve_parameters
+import yaml
+from tqdm import tqdm
+
+from lib.config import PROFILES, ParamsError, declared_parameters, resolve_parameters
 from lib.paths import NOTEBOOKS_DIR, report_dir
 from lib.report.index import build_index, load_run_log, save_run_log
+from lib.training.executors import ENV_EXECUTOR, ENV_WORKERS, EXECUTORS
+
+# The kernel's own start-up warnings (e.g. "running over TCP without encryption") concern no reader of the report.
+KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=ERROR"]
 
 
 def numbered_notebooks(notebooks_dir: Path = NOTEBOOKS_DIR) -> list[Path]:
@@ -37,14 +50,37 @@ def select(notebooks: list[Path], only: str | None) -> list[Path]:
     return chosen
 
 
-def export_html(ipynb: Path) -> Path:
+def parse_sets(pairs: list[str], notebooks: list[Path]) -> dict[str, Any]:
+    """`--set key=value` pairs, values read as YAML (3 -> int, 0.5 -> float, [a, b] -> list, text -> str).
+
+    A key that none of the selected notebooks declares is an error; types are checked per notebook later.
+    """
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ParamsError(f"--set expects key=value, got {pair!r}")
+        values[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+    declared = set().union(*(declared_parameters(nb) for nb in notebooks)) if notebooks else set()
+    unknown = sorted(set(values) - declared)
+    if unknown:
+        raise ParamsError(f"--set {', '.join(unknown)}: no selected notebook declares it; "
+                          f"their parameters are: {', '.join(sorted(declared))}")
+    return values
+
+
+def export_html(ipynb: Path) -> tuple[Path, Path]:
+    """The full report (code and outputs) and the reader's report (outputs only), beside the executed notebook."""
     import nbformat
     from nbconvert import HTMLExporter
 
-    body, _ = HTMLExporter().from_notebook_node(nbformat.read(ipynb, as_version=4))
-    html_path = ipynb.with_suffix(".html")
-    html_path.write_text(body, encoding="utf-8")
-    return html_path
+    nb = nbformat.read(ipynb, as_version=4)
+    full = ipynb.with_suffix(".html")
+    reader = ipynb.with_suffix(".reader.html")
+    full.write_text(HTMLExporter().from_notebook_node(nb)[0], encoding="utf-8")
+    reader_exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
+    reader.write_text(reader_exporter.from_notebook_node(nb)[0], encoding="utf-8")
+    return full, reader
 
 
 def run_notebook(nb: Path, out: Path, parameters: dict) -> None:
@@ -52,8 +88,17 @@ def run_notebook(nb: Path, out: Path, parameters: dict) -> None:
 
     papermill.execute_notebook(
         str(nb), str(out), parameters=parameters, kernel_name="python3",
-        cwd=str(nb.parent), progress_bar=False, log_output=False,
+        cwd=str(nb.parent), progress_bar=False, log_output=False, extra_arguments=KERNEL_ARGUMENTS,
     )
+
+
+def describe_error(err: BaseException) -> str:
+    """`Type: message` of the error raised inside the notebook (papermill keeps the cell's ename/evalue)."""
+    name, value = getattr(err, "ename", None), getattr(err, "evalue", None)
+    if name is None:
+        name, text = type(err).__name__, str(err).strip()
+        value = text.splitlines()[-1] if text else ""
+    return f"{name}: {value}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", help="comma-separated notebook numbers or names, e.g. 01,03")
     parser.add_argument("--data-root", help="dataset folder (default: the embedded dataset, built on demand)")
     parser.add_argument("--layout", help="dataset layout (default: auto-detected)")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one notebook parameter (repeatable; checked like the params files)")
+    parser.add_argument("--executor", choices=EXECUTORS, help="where independent runs train (default: processes)")
+    parser.add_argument("--workers", type=int, help="worker processes of the processes executor (default: CPU cores)")
     parser.add_argument("--no-html", action="store_true", help="skip the HTML export")
     args = parser.parse_args(argv)
 
@@ -69,31 +118,39 @@ def main(argv: list[str] | None = None) -> int:
     if not notebooks:
         print(f"no numbered notebooks in {NOTEBOOKS_DIR}", file=sys.stderr)
         return 1
-    cli = {"data_root": args.data_root, "layout": args.layout}
 
     # Validate every params file before executing anything: a typo should not cost a 20-minute run.
     try:
+        cli = {"data_root": args.data_root, "layout": args.layout, **parse_sets(args.sets, notebooks)}
         plan = [(nb, resolve_parameters(nb, args.profile, cli)) for nb in notebooks]
     except ParamsError as err:
         print(f"params error: {err}", file=sys.stderr)
         return 2
+
+    # inherited by the notebook kernels and their worker processes
+    os.environ["TQDM_DISABLE"] = "1"
+    if args.executor:
+        os.environ[ENV_EXECUTOR] = args.executor
+    if args.workers:
+        os.environ[ENV_WORKERS] = str(args.workers)
 
     out_dir = report_dir(args.profile)
     log = load_run_log(args.profile)
     log["dataset"] = args.data_root or "embedded"
     started = time.perf_counter()
     failed = None
+    bar = tqdm(total=len(plan), desc=f"{args.profile} profile", unit="notebook", disable=False, file=sys.stderr)
     for i, (nb, parameters) in enumerate(plan, 1):
         out = out_dir / nb.name
-        print(f"[{i}/{len(plan)}] {nb.stem} ...", flush=True)
+        bar.set_postfix_str(nb.stem)
         t0 = time.perf_counter()
-        entry = {"parameters": parameters}
+        entry: dict[str, Any] = {"parameters": parameters}
         try:
             run_notebook(nb, out, parameters)
             entry["status"] = "ok"
         except Exception as err:  # papermill raises PapermillExecutionError with the failing cell
             entry["status"] = "failed"
-            entry["error"] = f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}"
+            entry["error"] = describe_error(err)
             failed = out
         entry["seconds"] = round(time.perf_counter() - t0, 1)
         if out.exists() and not args.no_html:
@@ -101,13 +158,18 @@ def main(argv: list[str] | None = None) -> int:
         log.setdefault("notebooks", {})[nb.stem] = entry
         log["finished"] = dt.datetime.now().isoformat(timespec="seconds")
         save_run_log(args.profile, log)
-        print(f"[{i}/{len(plan)}] {nb.stem} {entry['status']} in {entry['seconds']:.1f} s", flush=True)
+        bar.write(f"[{i}/{len(plan)}] {nb.stem} {entry['status']} in {entry['seconds']:.1f} s", file=sys.stdout)
+        bar.update(1)
         if failed:
             break
+    bar.close()
+    log["total_seconds"] = round(time.perf_counter() - started, 1)
+    save_run_log(args.profile, log)
     index = build_index(args.profile)
     total = time.perf_counter() - started
     if failed:
-        print(f"FAILED: {failed} (see {failed.with_suffix('.html')}); total {total:.1f} s", file=sys.stderr)
+        print(f"FAILED: {failed.stem}: {entry['error']}\n  partial report: {failed} (and {failed.with_suffix('.html')})"
+              f"; total {total:.1f} s", file=sys.stderr)
         return 1
     print(f"done: {len(plan)} notebook(s) in {total:.1f} s; open {index}")
     return 0

@@ -9,6 +9,10 @@ All three run the same training step (forward, BCEWithLogits loss, backward, Ada
 initial weights, so the differences are the input pipeline. Prints the times and the ratios
 ImageFolder/ours and ours/compute.
 
+Then the executors: the same small grid of runs (--grid-folds folds of --model, one epoch each) trained by the
+`local` executor (one run after another) and by the `processes` executor (--grid-workers worker processes, pool
+start-up included), in the same session, with the ratio; the runs must come out identical (they are compared).
+
     python benchmarks/bench_pipeline.py                 # the embedded dataset (built on first use)
     python benchmarks/bench_pipeline.py --synthetic 512 # a synthetic folder of PNGs instead
 """
@@ -92,6 +96,41 @@ def train_epoch(model: nn.Module, batches, max_steps: int) -> tuple[float, int]:
     return time.perf_counter() - start, steps
 
 
+def executor_benchmark(args: argparse.Namespace, scratch: Path) -> dict:
+    """Seconds of the same grid of runs on the local and the processes executor, and their ratio."""
+    from types import SimpleNamespace
+
+    from lib.data.splits import make_splits
+    from lib.training.executors import LocalExecutor, ProcessExecutor
+    from lib.training.fit import TrainConfig
+    from lib.training.runstore import CVJob, run_cv_many
+
+    manifest, _ = load_manifest(args, scratch)
+    dataset = SimpleNamespace(manifest=manifest, fingerprint=f"bench-{len(manifest)}")
+    splits = make_splits(manifest, n_folds=args.grid_folds, test_ratio=0.1, seed=0, cache_dir=scratch / "splits")
+    job = CVJob(Recipe(size=args.size), args.model, TrainConfig(epochs=1, batch_size=args.batch_size, seed=0))
+    build_cache(manifest, job.recipe, cache_dir=scratch / "cache", progress=False)  # both start warm
+    seconds, tables = {}, {}
+    pool = ProcessExecutor(args.grid_workers)
+    try:
+        for name, executor in (("local", LocalExecutor()), ("processes", pool)):
+            start = time.perf_counter()
+            tables[name] = run_cv_many(dataset, splits, [job], runs_dir=scratch / name, cache_dir=scratch / "cache",
+                                       executor=executor, progress=False)[0]
+            seconds[name] = time.perf_counter() - start
+    finally:
+        pool.shutdown()
+    same = tables["local"].drop(columns="seconds").equals(tables["processes"].drop(columns="seconds"))
+    ratio = seconds["local"] / seconds["processes"]
+    print(f"executors: {args.grid_folds} runs of {args.model} (1 epoch, {args.size}px), pool start-up included")
+    print(f"  local (one after another):          {seconds['local']:7.2f} s")
+    print(f"  processes ({args.grid_workers} workers):              {seconds['processes']:7.2f} s")
+    print(f"  local / processes  = {ratio:.2f}x   identical runs: {same}")
+    return {"runs": args.grid_folds, "workers": args.grid_workers, "local_seconds": round(seconds["local"], 2),
+            "processes_seconds": round(seconds["processes"], 2), "local_over_processes": round(ratio, 3),
+            "identical": bool(same)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", default="", help="dataset folder; empty = the embedded dataset")
@@ -101,7 +140,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="32 = the study plan")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers for the ImageFolder loop")
     parser.add_argument("--model", default="resnet18")
-    parser.add_argument("--repeats", type=int, default=1, help="interleaved repetitions; the best time is kept")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repetitions; the best time is kept")
+    parser.add_argument("--grid-folds", type=int, default=4, help="runs in the executor comparison (0 = skip it)")
+    parser.add_argument("--grid-workers", type=int, default=os.cpu_count() or 2, help="processes executor workers")
     parser.add_argument("--json", default="", help="also write the results to this JSON file")
     args = parser.parse_args()
 
@@ -181,6 +222,9 @@ def main() -> None:
     print(f"  (c) compute bound (in memory):      {compute:7.2f} s")
     print(f"  ImageFolder / ours = {plain / ours:.2f}x   (cold, cache build included: {plain / (ours + cache_seconds):.2f}x)")
     print(f"  ours / compute     = {ours / compute:.3f}x")
+    if args.grid_folds:
+        with tempfile.TemporaryDirectory(prefix="bench_executors_") as tmp:
+            result["executors"] = executor_benchmark(args, Path(tmp))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
 

@@ -18,6 +18,9 @@ from lib.fileio import read_table, stable_hash, write_table
 from lib.paths import CACHE_DIR
 
 BOX_COLUMNS = ["x0", "y0", "x1", "y1", "confidence"]
+# MTCNN's cost grows with the pixel count, and a face large enough to matter is still found at 512 px: larger
+# images are searched on a downscaled copy and the boxes scaled back (1024 px photos: about 4x faster).
+DETECT_MAX_SIDE = 512
 
 
 def _detector(device: str = "cpu"):
@@ -29,18 +32,33 @@ def _detector(device: str = "cpu"):
     return MTCNN(keep_all=True, device=device, post_process=False)
 
 
-def detect_boxes(images, min_confidence: float = 0.9, device: str = "cpu", progress: bool = True) -> np.ndarray:
+def downscaled(img: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
+    """`img` shrunk so that its long side is at most `max_side` (area-averaged), and the factor applied."""
+    from PIL import Image
+
+    h, w = img.shape[:2]
+    scale = max_side / max(h, w)
+    if scale >= 1.0:
+        return img, 1.0
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.asarray(Image.fromarray(img).resize(size, Image.Resampling.BOX)), scale
+
+
+def detect_boxes(images, min_confidence: float = 0.9, device: str = "cpu", progress: bool = True,
+                 max_side: int = DETECT_MAX_SIDE) -> np.ndarray:
     """(N, 5) float32 array of the most confident face per image: x0, y0, x1, y1, confidence; NaN where none.
 
-    `images` is an iterable of HxWx3 uint8 arrays (sizes may differ, so MTCNN runs image by image).
+    `images` is an iterable of HxWx3 uint8 arrays (sizes may differ, so MTCNN runs image by image). Images whose
+    long side exceeds `max_side` are searched on a downscaled copy; boxes are in the original image's pixels.
     """
     detector = _detector(device)
     rows = []
     for img in tqdm(images, desc="MTCNN faces", disable=not progress, leave=False):
-        boxes, probs = detector.detect(img)
+        small, scale = downscaled(img, max_side)
+        boxes, probs = detector.detect(small)
         row = np.full(5, np.nan, dtype=np.float32)
         if boxes is not None:
-            boxes = np.asarray(boxes).astype(np.float32)  # numpy 2 returns an object array
+            boxes = np.asarray(boxes).astype(np.float32) / scale  # numpy 2 returns an object array
             probs = np.asarray(probs).astype(np.float32)
             best = int(np.nanargmax(probs))
             if probs[best] >= min_confidence:
@@ -58,7 +76,8 @@ def face_boxes(
     """Boxes for every manifest row (aligned, same order), cached on disk by image content and threshold."""
     from lib.data.imageio import load_rgb
 
-    key = stable_hash({"sha256": manifest["sha256"].tolist(), "min_confidence": min_confidence, "detector": "mtcnn-2.6.0"})
+    key = stable_hash({"sha256": manifest["sha256"].tolist(), "min_confidence": min_confidence, "detector": "mtcnn-2.6.0",
+                       "max_side": DETECT_MAX_SIDE})
     path = Path(cache_dir) / "faces" / f"{key}.parquet"
     if path.exists():
         return read_table(path)

@@ -144,6 +144,7 @@ def evaluation_dashboard(ensemble, thresholds, by: str = "model", n_bins: int = 
     if len(per_source):
         sns.barplot(per_source, x="source", y="auc", hue=by, ax=src_ax)
         src_ax.tick_params(axis="x", rotation=30)
+        src_ax.legend(fontsize=7, loc="lower left", framealpha=0.9)
     src_ax.axhline(0.5, color="k", lw=0.8, ls="--")
     src_ax.set(ylim=(0, 1), ylabel="AUC (this source's fakes vs all reals)", title="AUC per fake source")
     for ax in (roc_ax, pr_ax, rel_ax, hist_ax):

@@ -112,19 +112,17 @@ def run_arms(dataset: Any, splits: pd.DataFrame, recipe: Any, config: Any, arms:
              runs_dir: str | Path = RUNS_DIR, progress: bool = True,
              cache_dir: str | Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Train (or load) every fold of every arm: (fold table, predictions), both with `condition` and `scales`."""
-    from lib.training.runstore import collect_predictions, run_cv
+    from lib.training.runstore import CVJob, collect_predictions, run_cv_many
 
     if not arms:
         raise ValueError("run_arms: no arms given")
     labels = [a.condition for a in arms]
     if len(set(labels)) != len(labels):
         raise ValueError(f"run_arms: condition labels must be unique, got {labels}")
-    frames = []
-    for arm in arms:
-        cv = run_cv(dataset, splits, recipe, arm.model, config, model_kwargs=arm.kwargs, runs_dir=runs_dir,
-                    progress=progress, **({} if cache_dir is None else {"cache_dir": cache_dir}))
-        frames.append(cv.assign(condition=arm.condition, scales=scale_label(arm.scales)))
-    cv = pd.concat(frames, ignore_index=True)
+    tables = run_cv_many(dataset, splits, [CVJob(recipe, arm.model, config, arm.kwargs) for arm in arms],
+                         runs_dir=runs_dir, progress=progress, **({} if cache_dir is None else {"cache_dir": cache_dir}))
+    cv = pd.concat([cv.assign(condition=arm.condition, scales=scale_label(arm.scales)) for arm, cv in zip(arms, tables)],
+                   ignore_index=True)
     predictions = collect_predictions(cv, runs_dir=runs_dir)
     tags = cv.set_index("run_key")[["condition", "scales"]]
     predictions = predictions.join(tags, on="run_key")
@@ -600,7 +598,7 @@ def npr_maps(image: np.ndarray, scales: Sequence[float]) -> list[np.ndarray]:
     """Channel-mean NPR map (`lib.models.npr.npr_map`) of one HxWx3 uint8 image at each scale, values in [-1, 1]."""
     from lib.models.npr import npr_map
 
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255.0
+    x = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 255.0  # a copy: cached arrays are read-only
     return [npr_map(x, float(s))[0].mean(dim=0).numpy() for s in scales]
 
 

@@ -44,9 +44,10 @@ def run_models(dataset: Any, splits: pd.DataFrame, recipe: Recipe, config: Train
                **store_kw: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
     """`run_cv` for every model in order (stored runs are loaded): (fold table, predictions).
     `store_kw`: runs_dir, cache_dir (default: the project's run store and cache)."""
-    from lib.training.runstore import collect_predictions, run_cv
+    from lib.training.runstore import CVJob, collect_predictions, run_cv_many
 
-    cv = pd.concat([run_cv(dataset, splits, recipe, name, config, **store_kw) for name in models], ignore_index=True)
+    cv = pd.concat(run_cv_many(dataset, splits, [CVJob(recipe, name, config) for name in models], **store_kw),
+                   ignore_index=True)
     runs_dir = {k: v for k, v in store_kw.items() if k == "runs_dir"}
     return cv, collect_predictions(cv, **runs_dir)
 

@@ -99,24 +99,20 @@ def run_conditions(dataset: Any, splits: pd.DataFrame, conditions: Sequence[Cond
                    progress: bool = True) -> pd.DataFrame:
     """Train (or load) every fold of every model of every condition: the `run_cv` tables with `condition` and
     `subphase` columns. ``boxes`` ((N, 4) face boxes, NaN rows = no face) go only to face-crop conditions."""
-    from lib.training.runstore import run_cv
+    from lib.training.runstore import CVJob, run_cv_many
 
     condition_table(conditions)  # validates unique names
     for cond in conditions:
         if cond.needs_boxes and boxes is None:
             raise ValueError(f"condition {cond.name!r} crops faces: pass the face boxes")
-    frames = []
-    jobs = [(cond, model) for cond in conditions for model in cond.models]
-    bar = tqdm(jobs, desc="conditions", unit="model", disable=not progress)
-    for cond, model in bar:
-        bar.set_postfix_str(f"{cond.name} / {model}")
-        cv = run_cv(dataset, splits, cond.recipe, model, cond.train, model_kwargs=cond.model_kwargs or None,
-                    folds=folds, runs_dir=runs_dir, progress=False, boxes=boxes if cond.needs_boxes else None,
-                    cache_dir=cache_dir)
-        frames.append(cv.assign(condition=cond.name, subphase=cond.subphase))
-    if not frames:
+    pairs = [(cond, model) for cond in conditions for model in cond.models]
+    if not pairs:
         raise ValueError("run_conditions: no condition given")
-    return pd.concat(frames, ignore_index=True)
+    jobs = [CVJob(cond.recipe, model, cond.train, cond.model_kwargs or None, boxes if cond.needs_boxes else None)
+            for cond, model in pairs]
+    tables = run_cv_many(dataset, splits, jobs, folds=folds, runs_dir=runs_dir, progress=progress, cache_dir=cache_dir)
+    return pd.concat([cv.assign(condition=cond.name, subphase=cond.subphase) for (cond, _), cv in zip(pairs, tables)],
+                     ignore_index=True)
 
 
 def check_model_subsets(models: Sequence[str], condition_models: Sequence[str], holdout_models: Sequence[str]) -> None:
@@ -573,7 +569,7 @@ def source_holdout(dataset: Any, baseline: Condition, baseline_predictions: pd.D
     configuration, its held-out AUC compared with its in-source AUC in the baseline runs (``baseline_predictions``).
     A source that cannot be held out is skipped and printed; none held out at all is an error."""
     from lib.data.splits import SplitError, make_splits
-    from lib.training.runstore import collect_predictions, run_cv
+    from lib.training.runstore import CVJob, collect_predictions, run_cv_many
 
     heldout, skipped = [], {}
     for source in tqdm(sources, desc="source hold-out", disable=not progress):
@@ -583,8 +579,8 @@ def source_holdout(dataset: Any, baseline: Condition, baseline_predictions: pd.D
         except SplitError as err:  # e.g. a source whose images are whole groups: too few groups remain for the test split
             skipped[source] = str(err)
             continue
-        cv = pd.concat([run_cv(dataset, splits, baseline.recipe, name, baseline.train, model_kwargs=model_kwargs,
-                               runs_dir=runs_dir, progress=False, cache_dir=cache_dir) for name in models],
+        jobs = [CVJob(baseline.recipe, name, baseline.train, model_kwargs) for name in models]
+        cv = pd.concat(run_cv_many(dataset, splits, jobs, runs_dir=runs_dir, progress=False, cache_dir=cache_dir),
                        ignore_index=True)
         heldout.append(heldout_scores(collect_predictions(cv, runs_dir=runs_dir), source))
     if not heldout:

@@ -171,16 +171,14 @@ def run_candidates(dataset: Any, splits: pd.DataFrame, recipe: Recipe, config: T
                    progress: bool = True, **store_kw: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
     """`run_cv` for every candidate (stored runs are loaded): (fold table, predictions), with `model` = the label and
     `architecture` = the registry name. `store_kw`: runs_dir, cache_dir (default: the project's run store and cache)."""
-    from lib.training.runstore import collect_predictions, run_cv
+    from lib.training.runstore import CVJob, collect_predictions, run_cv_many
 
     if not entries:
         raise ValueError("run_candidates: no candidates given")
-    frames = []
-    for c in entries:
-        cv = run_cv(dataset, splits, recipe, c.model, config, model_kwargs=c.kwargs or None, folds=folds,
-                    boxes=boxes, progress=progress, **store_kw)
-        frames.append(cv.assign(model=c.label, architecture=c.model))
-    cv = pd.concat(frames, ignore_index=True)
+    tables = run_cv_many(dataset, splits, [CVJob(recipe, c.model, config, c.kwargs or None, boxes) for c in entries],
+                         folds=folds, progress=progress, **store_kw)
+    cv = pd.concat([cv.assign(model=c.label, architecture=c.model) for c, cv in zip(entries, tables)],
+                   ignore_index=True)
     runs_dir = {k: v for k, v in store_kw.items() if k == "runs_dir"}
     return cv, label_predictions(collect_predictions(cv, **runs_dir), cv)
 
@@ -264,14 +262,16 @@ def run_plan(dataset: Any, splits: pd.DataFrame, plan: Plan, boxes: np.ndarray |
              **store_kw: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
     """`run_candidates` for every group of `plan`: (fold table with `image_size` and `group`, predictions).
     `boxes` (from `recipe_boxes`) go to the groups whose recipe crops faces; `store_kw` as in `run_candidates`."""
-    folds, predictions = [], []
-    for group in plan.groups():
-        group_boxes = boxes if group.recipe.needs_boxes else None
-        cv, pred = run_candidates(dataset, splits, group.recipe, group.config, group.entries, group_boxes,
-                                  progress=progress, **store_kw)
-        folds.append(cv.assign(image_size=group.recipe.size, group=group.name))
-        predictions.append(pred)
-    return pd.concat(folds, ignore_index=True), pd.concat(predictions, ignore_index=True)
+    from lib.training.runstore import CVJob, collect_predictions, run_cv_many
+
+    owners = [(group, c) for group in plan.groups() for c in group.entries]
+    jobs = [CVJob(group.recipe, c.model, group.config, c.kwargs or None, boxes if group.recipe.needs_boxes else None)
+            for group, c in owners]
+    tables = run_cv_many(dataset, splits, jobs, progress=progress, **store_kw)  # every group's runs side by side
+    cv = pd.concat([table.assign(model=c.label, architecture=c.model, image_size=group.recipe.size, group=group.name)
+                    for (group, c), table in zip(owners, tables)], ignore_index=True)
+    runs_dir = {k: v for k, v in store_kw.items() if k == "runs_dir"}
+    return cv, label_predictions(collect_predictions(cv, **runs_dir), cv)
 
 
 def seconds_per_epoch(history: pd.DataFrame, by: str = "model") -> pd.DataFrame:

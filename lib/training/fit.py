@@ -37,6 +37,8 @@ class TrainConfig:
     t_max: cosine period in epochs (0 = ``epochs``). patience: stop after this many epochs without
     a better validation AUC (0 = never stop early); the best epoch is restored either way.
     grad_clip: max gradient norm (0 = off). amp: mixed precision on CUDA; a no-op on CPU.
+    threads: CPU threads of torch during the run. Float reductions depend on how work is split between threads, so
+    the thread count is part of the run: with it fixed, a run gives the same numbers on every executor and machine.
     normalization: "imagenet" statistics, "train" (statistics of the training images) or "train_real"
     (statistics of the REAL training images only, so the fakes cannot shift the input scaling).
     """
@@ -59,6 +61,7 @@ class TrainConfig:
     seed: int = 42
     device: str = "auto"
     eval_batch_size: int = 256
+    threads: int = 1
 
     def __post_init__(self) -> None:
         if isinstance(self.augment, dict):  # from JSON/YAML

@@ -8,11 +8,13 @@ hashes the full ``RunSpec``, so changing anything that affects the result gives 
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -21,9 +23,12 @@ from torch import nn
 
 from lib.data.cache import build_cache
 from lib.data.recipes import Recipe
+from lib.data.splits import fold_ids, part_indices
+from lib.evaluation.metrics import binary_metrics
 from lib.fileio import atomic_write, read_json, read_table, stable_hash, write_json, write_table
-from lib.models.registry import model_revision
+from lib.models import count_parameters, create_model, model_revision
 from lib.paths import CACHE_DIR, RUNS_DIR
+from lib.training.executors import LocalExecutor, ProcessExecutor, get_executor
 from lib.training.fit import TrainConfig, fit, normalization_stats, predict, seed_everything
 
 RUN_FILES = ("history.csv", "predictions.parquet", "metrics.json", "model.safetensors", "config.json")
@@ -113,8 +118,6 @@ def load_run(run_dir: str | Path) -> RunResult:
 
 
 def build_model(spec: RunSpec, for_loading: bool = False) -> nn.Module:
-    from lib.models import create_model  # lazy: the registry is another module's job
-
     kwargs = dict(spec.model_kwargs)
     if for_loading:  # the checkpoint holds every weight: do not read (or require) initial weights
         for name in _INIT_ONLY_KWARGS:
@@ -142,6 +145,17 @@ def load_model(run_dir: str | Path) -> nn.Module:
     return model.eval()
 
 
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's CPU thread count set to `n` inside the block, restored after."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def train_or_load(
     spec: RunSpec,
     dataset: Any,
@@ -165,22 +179,18 @@ def train_or_load(
 
     images = build_cache(manifest, spec.recipe, boxes=boxes, cache_dir=cache_dir, progress=progress)
     labels = manifest["label"].to_numpy()
-    from lib.data.splits import part_indices  # lazy: another module's job
-
     parts = part_indices(splits, spec.fold)
     cfg = spec.train
     mean, std = normalization_stats(cfg, images, parts["train"], labels)
 
-    from lib.models import count_parameters
-
-    seed_everything(cfg.seed)  # initial weights are part of the run: draw them from the run's seed
-    model = build_model(spec)
-    start = time.perf_counter()
-    model, history = fit(model, images, labels, parts["train"], parts["val"], cfg, mean=mean, std=std,
-                         progress=progress, desc=f"{spec.model} fold {spec.fold}")
-    train_seconds = time.perf_counter() - start
-
-    predictions, metrics = _evaluate(model, images, manifest, parts, spec, mean, std, progress)
+    with torch_threads(cfg.threads):  # the thread count is part of the run (see TrainConfig.threads)
+        seed_everything(cfg.seed)  # initial weights are part of the run: draw them from the run's seed
+        model = build_model(spec)
+        start = time.perf_counter()
+        model, history = fit(model, images, labels, parts["train"], parts["val"], cfg, mean=mean, std=std,
+                             progress=progress, desc=f"{spec.model} fold {spec.fold}")
+        train_seconds = time.perf_counter() - start
+        predictions, metrics = _evaluate(model, images, manifest, parts, spec, mean, std, progress)
     best = history.loc[history["best"]].iloc[0]
     metrics.update(
         epochs_trained=int(len(history)), best_epoch=int(best["epoch"]), best_val_auc=float(best["val_auc"]),
@@ -214,8 +224,6 @@ def _save_weights(model: nn.Module, path: Path) -> None:
 
 def _evaluate(model: nn.Module, images: np.ndarray, manifest: pd.DataFrame, parts: dict, spec: RunSpec,
               mean, std, progress: bool) -> tuple[pd.DataFrame, dict[str, Any]]:
-    from lib.evaluation.metrics import binary_metrics  # lazy: another module's job
-
     cols = [c for c in ("path", "label", "source", "group") if c in manifest.columns]
     frames, metrics = [], {}
     for part in ("val", "test", "holdout"):
@@ -238,7 +246,77 @@ def _evaluate(model: nn.Module, images: np.ndarray, manifest: pd.DataFrame, part
 def _flat_metrics(prefix: str, m: dict[str, Any] | None) -> dict[str, Any]:
     if not m:
         return {}
-    return {f"{prefix}_{k}": v for k, v in m.items() if isinstance(v, (int, float, np.integer, np.floating))}
+    # sorted: a stored run's metrics come back from JSON in key order, a fresh one's in computation order
+    return {f"{prefix}_{k}": v for k, v in sorted(m.items()) if isinstance(v, (int, float, np.integer, np.floating))}
+
+
+@dataclass(frozen=True)
+class CVJob:
+    """One configuration to cross-validate: every fold of it is one run."""
+
+    recipe: Recipe
+    model: str
+    train: TrainConfig
+    model_kwargs: dict[str, Any] | None = None
+    boxes: np.ndarray | None = field(default=None, compare=False)  # face boxes, for a face-crop recipe
+
+
+def _train_in_worker(args: tuple) -> str:
+    spec, dataset, splits, runs_dir, boxes, cache_dir = args
+    return train_or_load(spec, dataset, splits, runs_dir=runs_dir, progress=False, boxes=boxes, cache_dir=cache_dir).key
+
+
+def _fold_row(job: CVJob, result: RunResult) -> dict[str, Any]:
+    m = result.metrics
+    row = {"model": job.model, "fold": int(result.spec.fold), "run_key": result.key, "recipe": job.recipe.key,
+           "trained": result.trained, "epochs": m["epochs_trained"], "best_epoch": m["best_epoch"],
+           "seconds": m["train_seconds"], "n_parameters": m["n_parameters"]}
+    for part in ("val", "test", "holdout"):
+        row.update(_flat_metrics(part, m.get(part)))
+    return row
+
+
+def run_cv_many(
+    dataset: Any,
+    splits: pd.DataFrame,
+    jobs: Sequence[CVJob],
+    folds: Iterable[int] | None = None,
+    runs_dir: str | Path = RUNS_DIR,
+    progress: bool = True,
+    cache_dir: str | Path = CACHE_DIR,
+    executor: LocalExecutor | ProcessExecutor | None = None,
+) -> list[pd.DataFrame]:
+    """Train (or load) every fold of every job; one `run_cv` table per job, in order.
+
+    The runs still missing go to `executor` (default `get_executor()`: worker processes) all at once, so folds and
+    configurations train side by side; the numbers are the same on every executor (see TrainConfig.threads). An
+    interrupted call keeps every finished run; the next call trains only the missing ones.
+    """
+    folds = list(fold_ids(splits) if folds is None else folds)
+    if not folds:
+        raise ValueError("the split table has no cross-validation folds")
+    specs = {(i, fold): RunSpec.for_fold(dataset, splits, job.recipe, job.model, job.train, fold, job.model_kwargs)
+             for i, job in enumerate(jobs) for fold in folds}
+    results: dict[str, RunResult] = {}
+    pending: dict[str, tuple[RunSpec, CVJob]] = {}
+    for (i, _), spec in specs.items():
+        if is_complete(Path(runs_dir) / spec.key):
+            results[spec.key] = load_run(Path(runs_dir) / spec.key)
+        else:
+            pending.setdefault(spec.key, (spec, jobs[i]))
+    if pending:
+        for spec, job in {s.recipe.key: (s, j) for s, j in pending.values()}.values():  # decode once, before workers
+            build_cache(dataset.manifest, spec.recipe, boxes=job.boxes, cache_dir=cache_dir, progress=progress)
+        executor = executor or get_executor()
+        if isinstance(executor, LocalExecutor):
+            trained = [train_or_load(spec, dataset, splits, runs_dir=runs_dir, progress=progress, boxes=job.boxes,
+                                     cache_dir=cache_dir) for spec, job in pending.values()]
+        else:
+            keys = executor.run(_train_in_worker, [(spec, dataset, splits, runs_dir, job.boxes, cache_dir)
+                                                   for spec, job in pending.values()], desc="training", progress=progress)
+            trained = [dataclasses.replace(load_run(Path(runs_dir) / key), trained=True) for key in keys]
+        results.update({r.key: r for r in trained})
+    return [pd.DataFrame([_fold_row(job, results[specs[(i, fold)].key]) for fold in folds]) for i, job in enumerate(jobs)]
 
 
 def run_cv(
@@ -253,6 +331,7 @@ def run_cv(
     progress: bool = True,
     boxes: np.ndarray | None = None,
     cache_dir: str | Path = CACHE_DIR,
+    executor: LocalExecutor | ProcessExecutor | None = None,
 ) -> pd.DataFrame:
     """Train (or load) one run per fold; tidy table with one row per fold.
 
@@ -260,26 +339,8 @@ def run_cv(
     ``val_*``, ``test_*`` and ``holdout_*`` scalar metrics from ``lib.evaluation.metrics.binary_metrics``.
     An interrupted call keeps every finished fold; the next call trains only the missing ones.
     """
-    if folds is None:
-        from lib.data.splits import fold_ids
-
-        folds = fold_ids(splits)
-    folds = list(folds)
-    if not folds:
-        raise ValueError("the split table has no cross-validation folds")
-    rows = []
-    for fold in folds:
-        spec = RunSpec.for_fold(dataset, splits, recipe, model_name, train_config, fold, model_kwargs)
-        result = train_or_load(spec, dataset, splits, runs_dir=runs_dir, progress=progress, boxes=boxes,
-                               cache_dir=cache_dir)
-        m = result.metrics
-        row = {"model": model_name, "fold": int(fold), "run_key": result.key, "recipe": recipe.key,
-               "trained": result.trained, "epochs": m["epochs_trained"], "best_epoch": m["best_epoch"],
-               "seconds": m["train_seconds"], "n_parameters": m["n_parameters"]}
-        for part in ("val", "test", "holdout"):
-            row.update(_flat_metrics(part, m.get(part)))
-        rows.append(row)
-    return pd.DataFrame(rows)
+    job = CVJob(recipe, model_name, train_config, model_kwargs, boxes)
+    return run_cv_many(dataset, splits, [job], folds, runs_dir, progress, cache_dir, executor)[0]
 
 
 def collect_predictions(runs: pd.DataFrame | Iterable[str], runs_dir: str | Path = RUNS_DIR) -> pd.DataFrame:

@@ -30,3 +30,23 @@ def test_face_boxes_cached_and_rates(tmp_path):
     pd.testing.assert_frame_equal(table, again)
     rates = faces.detection_rates(manifest, table).set_index("class")
     assert rates.loc["real", "rate"] == 1.0 and rates.loc["fake", "rate"] == 0.0
+
+
+def test_large_images_are_searched_downscaled_and_boxes_come_back_in_original_pixels():
+    import time
+
+    face = skimage.data.astronaut()  # 512 x 512
+    big = np.asarray(Image.fromarray(face).resize((1536, 1536), Image.Resampling.BICUBIC))
+    small, scale = faces.downscaled(big, 512)
+    assert small.shape == (512, 512, 3) and scale == 1 / 3
+    assert faces.downscaled(face, 512)[1] == 1.0  # nothing to shrink
+    start = time.perf_counter()
+    fast = faces.detect_boxes([big], progress=False)[0]
+    fast_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    full = faces.detect_boxes([big], progress=False, max_side=4096)[0]
+    full_seconds = time.perf_counter() - start
+    reference = faces.detect_boxes([face], progress=False)[0]
+    assert fast[4] > 0.9 and np.allclose(fast[:4], reference[:4] * 3, atol=12)  # same face, scaled back
+    assert np.allclose(fast[:4], full[:4], atol=25)
+    assert fast_seconds < full_seconds

@@ -53,3 +53,39 @@ def test_phase1_tables(smoke_reports):
     assert set(tests["verdict"]) <= {"supported", "contradicted", "inconclusive"}
     conclusions = json.loads((smoke_reports / "tables" / "phase1_conclusions.json").read_text())
     assert len(conclusions["run_keys"]) == len(folds)
+
+
+def test_reports_hold_no_progress_bars_or_stderr_noise(smoke_reports):
+    for nb in run_all.numbered_notebooks():
+        executed = json.loads((smoke_reports / nb.name).read_text())
+        stderr = ["".join(o.get("text", "")) for c in executed["cells"] for o in c.get("outputs", [])
+                  if o.get("name") == "stderr"]
+        assert stderr == [], f"{nb.stem} prints to stderr: {stderr[:2]}"
+        html = (smoke_reports / f"{nb.stem}.html").read_text()
+        assert "it/s]" not in html and "TqdmWarning" not in html and "IProgress" not in html
+
+
+def test_reader_reports_have_no_code(smoke_reports):
+    for nb in run_all.numbered_notebooks():
+        reader = (smoke_reports / f"{nb.stem}.reader.html").read_text()
+        full = (smoke_reports / f"{nb.stem}.html").read_text()
+        code = 'class="jp-CodeMirrorEditor'  # a code cell's input block
+        assert code in full and code not in reader
+        assert "jp-OutputArea" in reader
+
+
+def test_index_dashboard_in_a_browser(smoke_reports):
+    from tests.report.browser import rendered_dom, unresolved_links
+
+    page = smoke_reports / "index.html"
+    dom = rendered_dom(page)
+    notebooks = {t["data-notebook"] for t in dom.select("table.headline")}
+    assert notebooks == {nb.stem for nb in run_all.numbered_notebooks()}, "a headline table per notebook"
+    assert dom.select_one("#dashboard img") is not None and dom.select_one("#dataset table") is not None
+    images = dom.find_all("img")
+    assert images and all(img.get("data-loaded") == "yes" for img in images), \
+        [img["src"] for img in images if img.get("data-loaded") != "yes"]
+    assert unresolved_links(page, dom) == []
+    links = {a["href"] for a in dom.find_all("a", href=True)}
+    assert {f"{nb.stem}.html" for nb in run_all.numbered_notebooks()} <= links
+    assert {f"{nb.stem}.reader.html" for nb in run_all.numbered_notebooks()} <= links

@@ -65,22 +65,26 @@ def test_plan_describe_names_rule_and_candidates_only_when_present():
 
 
 def test_run_plan_labels_groups_and_passes_boxes_only_to_face_recipes(monkeypatch):
+    from lib.training import runstore
+
     calls = []
 
-    def fake_run(dataset, splits, recipe, config, entries, boxes=None, progress=True, **store_kw):
-        calls.append((recipe, [c.label for c in entries], boxes))
-        labels = [c.label for c in entries]
-        cv = pd.DataFrame({"model": labels, "fold": 0, "run_key": [f"k{len(calls)}{label}" for label in labels]})
-        return cv.assign(architecture=[c.model for c in entries]), cv[["model", "run_key"]]
+    def fake_many(dataset, splits, jobs, progress=True, **store_kw):
+        calls.append(jobs)
+        return [pd.DataFrame({"model": [job.model], "fold": 0, "run_key": [f"k{i}"]}) for i, job in enumerate(jobs)]
 
-    monkeypatch.setattr(phase3, "run_candidates", fake_run)
+    monkeypatch.setattr(runstore, "run_cv_many", fake_many)
+    monkeypatch.setattr(runstore, "collect_predictions", lambda cv, **kw: cv[["model", "run_key"]])
     boxes = np.zeros((4, 4))
     cv, predictions = phase3.run_plan(None, pd.DataFrame(), plan(), boxes)
-    assert [c[2] is boxes for c in calls] == [False, True, True], "the Phase 1 (resize) group needs no boxes"
+    assert len(calls) == 1, "every group's runs go to the executor together"
+    assert [job.boxes is boxes for job in calls[0]] == [False, False, True, True, True, True], \
+        "the Phase 1 (resize) group needs no boxes"
     assert list(cv.columns)[-2:] == ["image_size", "group"]
     assert cv["group"].tolist() == ["Phase 1 baseline"] * 2 + ["baseline, Phase 3 preprocessing"] * 2 + ["Phase 3"] * 2
     assert cv["image_size"].tolist() == [32, 32, 48, 48, 48, 48]
     assert predictions["run_key"].tolist() == cv["run_key"].tolist()
+    assert (predictions["model"] == cv["model"]).all()  # labelled by candidate
 
 
 # ----------------------------------------------------------------------------------------------- cost, summaries

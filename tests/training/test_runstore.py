@@ -12,6 +12,7 @@ from lib.data.augment import AugmentPolicy
 from lib.fileio import sha256_file
 from lib.data.recipes import Recipe
 from lib.training.runstore import RunSpec, collect_predictions, is_complete, load_model, run_cv, split_key, train_or_load
+from lib.training.executors import LocalExecutor, ProcessExecutor, get_executor
 from lib.training.fit import TrainConfig, predict
 
 RECIPE = Recipe(size=16)
@@ -123,8 +124,9 @@ def test_interrupted_study_resumes_with_only_the_missing_folds(study, monkeypatc
             raise KeyboardInterrupt("killed during fold 1")
         return real_fit(*args, **kwargs)
 
-    monkeypatch.setattr(runstore, "fit", crash_on_second_fold)
-    kwargs = dict(model_kwargs=MODEL_KW, runs_dir=study.runs, progress=False, cache_dir=study.cache)
+    monkeypatch.setattr(runstore, "fit", crash_on_second_fold)  # patched in this process: the local executor
+    kwargs = dict(model_kwargs=MODEL_KW, runs_dir=study.runs, progress=False, cache_dir=study.cache,
+                  executor=LocalExecutor())
     with pytest.raises(KeyboardInterrupt):
         run_cv(study.dataset, study.splits, RECIPE, "simple_cnn", CFG, **kwargs)
     assert is_complete(study.runs / _spec(study, fold=0).key)
@@ -161,3 +163,51 @@ def test_key_of_an_unrevised_model_is_the_plain_config_hash_and_a_revision_chang
     monkeypatch.setitem(registry._REGISTRY, "simple_cnn",
                         dataclasses.replace(registry._REGISTRY["simple_cnn"], revision=1))
     assert _spec(study).key != key  # a changed architecture never reuses the old runs
+
+
+def test_worker_processes_give_the_same_runs_as_the_local_executor(study):
+    jobs = [runstore.CVJob(RECIPE, "simple_cnn", CFG, MODEL_KW), runstore.CVJob(RECIPE, "cifake_cnn", CFG)]
+    common = dict(progress=False, cache_dir=study.cache)
+    local = runstore.run_cv_many(study.dataset, study.splits, jobs, runs_dir=study.runs / "local",
+                                 executor=LocalExecutor(), **common)
+    pool = ProcessExecutor(2)
+    try:
+        parallel = runstore.run_cv_many(study.dataset, study.splits, jobs, runs_dir=study.runs / "pool",
+                                        executor=pool, **common)
+    finally:
+        pool.shutdown()
+    for a, b in zip(local, parallel):
+        assert b["trained"].all()
+        pd.testing.assert_frame_equal(a.drop(columns="seconds"), b.drop(columns="seconds"))  # same keys, same metrics
+        for key in a["run_key"]:
+            pd.testing.assert_frame_equal(collect_predictions([key], study.runs / "local"),
+                                          collect_predictions([key], study.runs / "pool"))
+            wa = load_model(study.runs / "local" / key).state_dict()
+            wb = load_model(study.runs / "pool" / key).state_dict()
+            assert all(np.array_equal(wa[k].numpy(), wb[k].numpy()) for k in wa)
+    again = runstore.run_cv_many(study.dataset, study.splits, jobs, runs_dir=study.runs / "pool", **common)
+    assert not any(t["trained"].any() for t in again)  # warm: loaded, nothing dispatched
+
+
+def test_a_failing_job_raises_after_the_others_finish():
+    import math
+
+    pool = ProcessExecutor(2)
+    try:
+        with pytest.raises(ValueError, match="math domain error"):
+            pool.run(math.sqrt, [4.0, -1.0, 9.0], progress=False)
+        assert pool.run(math.sqrt, [4.0, 9.0], progress=False) == [2.0, 3.0]  # the pool survives a failed job
+    finally:
+        pool.shutdown()
+
+
+def test_executor_choice_from_the_environment(monkeypatch):
+    monkeypatch.setenv("FAKEDET_EXECUTOR", "local")
+    assert isinstance(get_executor(), LocalExecutor)
+    monkeypatch.setenv("FAKEDET_EXECUTOR", "processes")
+    monkeypatch.setenv("FAKEDET_WORKERS", "1")
+    assert isinstance(get_executor(), LocalExecutor)  # one worker: no pool to start
+    monkeypatch.setenv("FAKEDET_WORKERS", "3")
+    assert get_executor().workers == 3 and get_executor() is get_executor()  # the pool is shared
+    with pytest.raises(ValueError, match="unknown executor"):
+        get_executor("cluster")
