@@ -18,6 +18,7 @@ import datetime as dt
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     failed = None
     bar = tqdm(total=len(plan), desc=f"{args.profile} profile", unit="notebook", disable=False, file=sys.stderr)
+    exporter = ThreadPoolExecutor(max_workers=1)  # renders a report's HTML while the next notebook runs
+    exports = []
     for i, (nb, parameters) in enumerate(plan, 1):
         out = out_dir / nb.name
         bar.set_postfix_str(nb.stem)
@@ -154,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             failed = out
         entry["seconds"] = round(time.perf_counter() - t0, 1)
         if out.exists() and not args.no_html:
-            export_html(out)
+            exports.append(exporter.submit(export_html, out))
         log.setdefault("notebooks", {})[nb.stem] = entry
         log["finished"] = dt.datetime.now().isoformat(timespec="seconds")
         save_run_log(args.profile, log)
@@ -163,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
         if failed:
             break
     bar.close()
+    for export in exports:
+        export.result()  # raises if an export failed
+    exporter.shutdown()
     log["total_seconds"] = round(time.perf_counter() - started, 1)
     save_run_log(args.profile, log)
     index = build_index(args.profile)

@@ -28,10 +28,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 import platform
 import shutil
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -423,6 +425,34 @@ def build_embedded(preset: str = "default", seed: int = DEFAULT_SEED, out_dir: P
     return root
 
 
+PARALLEL_MIN_STEPS = 100
+
+
+def _autoencoder_state(kind: str, pool: np.ndarray, params: dict[str, Any], seed: int) -> dict[str, torch.Tensor]:
+    torch.set_num_threads(int(params["torch_threads"]))  # in a worker process: the build's fixed thread count
+    return train_autoencoder(kind, pool, params, seed).state_dict()
+
+
+def _train_autoencoders(pool: np.ndarray, params: dict[str, Any], seed: int) -> dict[str, ConvAutoencoder]:
+    """The autoencoders, trained side by side in worker processes (they are most of the build's time).
+
+    Each trains from its own seeded generators with the build's thread count, so its weights are those a
+    sequential build gives (the dataset checksum is tested).
+    """
+    if params["ae_steps"] < PARALLEL_MIN_STEPS:  # a worker's start-up (importing torch) would cost more than it saves
+        return {k: train_autoencoder(k, pool, params, seed) for k in AE_SOURCES}
+    context = multiprocessing.get_context("spawn")  # a fork of a process with running OpenMP threads can hang
+    with ProcessPoolExecutor(len(AE_SOURCES), mp_context=context) as pool_ex:
+        futures = {k: pool_ex.submit(_autoencoder_state, k, pool, params, seed) for k in AE_SOURCES}
+        states = {k: f.result() for k, f in futures.items()}
+    models = {}
+    for kind, state in states.items():
+        model = ConvAutoencoder(kind, params["ae_width"], params["ae_latent"])
+        model.load_state_dict(state)
+        models[kind] = model.eval()
+    return models
+
+
 class _Steps:
     """One progress bar over the named build steps; `next()` closes the previous step and shows the next one."""
 
@@ -538,7 +568,7 @@ def _build_into(folder: Path, params: dict[str, Any], name: str, progress: bool)
     fake_sources = list(FAKE_SOURCES) if params["dcgan_count"] > 0 else list(FAKE_SOURCES[:-1])
     if params["dcgan_count"] > 0:
         require_dcgan_weights()  # fail before minutes of work, not after
-    steps = _Steps(["photos", "real crops", *[f"train {k}" for k in AE_SOURCES], "AE fakes", "inpaint", "dcgan faces",
+    steps = _Steps(["photos", "real crops", "train autoencoders", "AE fakes", "inpaint", "dcgan faces",
                     "write + checksums"], progress)
 
     # Float reductions depend on how work is split between threads, so the count is fixed: one thread,
@@ -553,10 +583,8 @@ def _build_into(folder: Path, params: dict[str, Any], name: str, progress: bool)
         steps.next()
         real = _real_crops(photos, params, real_w)
         pool = _autoencoder_pool(photos, params)
-        models = {}
-        for kind in AE_SOURCES:
-            steps.next()
-            models[kind] = train_autoencoder(kind, pool, params, seed)
+        steps.next()
+        models = _train_autoencoders(pool, params, seed)
         steps.next()
         fakes = {kind: _reconstruction_fakes(photos, models[kind], kind, params) for kind in AE_SOURCES}
         steps.next()

@@ -5,15 +5,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
 
 def save(fig, path: str | Path | None, dpi: int = 110):
+    """Write `fig` to `path` (PNG). In a notebook the written file is what the cell shows: the inline backend would
+    otherwise draw the figure a second time, which costs as much as saving it."""
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=dpi, bbox_inches="tight")
+        if "inline" in matplotlib.get_backend():
+            from IPython.display import Image, display
+
+            display(Image(filename=str(path)))
+            plt.close(fig)
     return fig
 
 

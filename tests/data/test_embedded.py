@@ -167,3 +167,9 @@ def test_default_folder_name_encodes_overrides_and_seed():
     named = embedded.embedded_name("smoke", 42, {"difficulty": 0.2})
     assert named.startswith("smoke-") and len(named) == len("smoke-") + 8
     assert embedded.embedded_name("smoke", 7).endswith("-seed7")
+
+
+def test_autoencoders_trained_in_worker_processes_give_the_sequential_build(smoke, tmp_path, monkeypatch):
+    monkeypatch.setattr(embedded, "PARALLEL_MIN_STEPS", 0)  # the smoke preset is small enough to build sequentially
+    card = load_card(build_embedded("smoke", out_dir=tmp_path / "parallel", progress=False))
+    assert card["files"] == smoke[2]["files"] and card["checksum"] == smoke[2]["checksum"]
