@@ -65,18 +65,16 @@ def stored_subjects(tables: str | Path, fold: int, phase2_conditions: Sequence[s
 def architecture_subjects(dataset: Any, splits: pd.DataFrame, config: TrainConfig, fold: int,
                           models_by_size: Sequence[tuple[int, Sequence[str]]]) -> list[dict[str, str]]:
     """One subject per (input size, model) of `models_by_size`, trained on `fold` only with the baseline recipe at
-    that size (a run another notebook stored with the same configuration is loaded)."""
+    that size (a run another notebook stored with the same configuration is loaded). Every size's runs go to the
+    executor together."""
     from lib.studies.common import baseline_recipe
-    from lib.studies.phase3 import Candidate, run_candidates
+    from lib.training.runstore import CVJob, run_cv_many
 
-    subjects = []
-    for size, names in models_by_size:
-        if names:
-            cv, _ = run_candidates(dataset, splits, baseline_recipe(size), config, [Candidate(m, m) for m in names],
-                                   folds=[fold])
-            subjects += [{"subject": f"{r.model} · {size} px", "group": "architectures", "condition": f"resize_{size}",
-                          "model": r.model, "run_key": r.run_key} for r in cv.itertuples()]
-    return subjects
+    pairs = [(size, name) for size, names in models_by_size for name in names]
+    tables = run_cv_many(dataset, splits, [CVJob(baseline_recipe(size), name, config) for size, name in pairs],
+                         folds=[fold]) if pairs else []
+    return [{"subject": f"{name} · {size} px", "group": "architectures", "condition": f"resize_{size}", "model": name,
+             "run_key": table["run_key"].iloc[0]} for (size, name), table in zip(pairs, tables)]
 
 
 def subject_table(*subjects: list[dict[str, str]]) -> pd.DataFrame:

@@ -9,7 +9,6 @@ import pandas as pd
 import pytest
 
 from lib.studies import gradcam
-from lib.studies import phase3
 from lib.data.recipes import Recipe
 from lib.fileio import write_table
 from lib.report.explain import expected_border_share
@@ -53,17 +52,19 @@ def test_stored_subjects_read_the_fold_tables_or_say_which_is_missing(tmp_path):
 
 
 def test_architecture_subjects_train_each_size_on_the_one_fold(monkeypatch):
+    from lib.training import runstore
+
     calls = []
 
-    def fake_run_candidates(dataset, splits, recipe, config, entries, folds=None):
-        calls.append((recipe, [c.model for c in entries], folds))
-        return pd.DataFrame({"model": [c.label for c in entries],
-                             "run_key": [f"{c.model}@{recipe.size}" for c in entries]}), pd.DataFrame()
+    def fake_many(dataset, splits, jobs, folds=None):
+        calls.append((jobs, folds))
+        return [pd.DataFrame({"model": [job.model], "run_key": [f"{job.model}@{job.recipe.size}"]}) for job in jobs]
 
-    monkeypatch.setattr(phase3, "run_candidates", fake_run_candidates)
+    monkeypatch.setattr(runstore, "run_cv_many", fake_many)
     subjects = gradcam.architecture_subjects(None, None, TrainConfig(epochs=1), 2,
                                              [(128, ["cnn", "npr"]), (32, []), (64, ["npr"])])
-    assert [c[0] for c in calls] == [Recipe(size=128), Recipe(size=64)] and all(c[2] == [2] for c in calls)
+    assert len(calls) == 1 and calls[0][1] == [2], "every size's runs go to the executor together, fold 2 only"
+    assert [job.recipe for job in calls[0][0]] == [Recipe(size=128), Recipe(size=128), Recipe(size=64)]
     assert [s["subject"] for s in subjects] == ["cnn · 128 px", "npr · 128 px", "npr · 64 px"]
     assert subjects[0] == {"subject": "cnn · 128 px", "group": "architectures", "condition": "resize_128",
                            "model": "cnn", "run_key": "cnn@128"}
