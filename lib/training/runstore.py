@@ -261,6 +261,11 @@ class CVJob:
     boxes: np.ndarray | None = field(default=None, compare=False)  # face boxes, for a face-crop recipe
 
 
+def _expected_cost(spec: RunSpec) -> float:
+    """A rough relative training cost, for ordering only: parameters x input pixels x epochs."""
+    return count_parameters(build_model(spec, for_loading=True)) * spec.recipe.size ** 2 * spec.train.epochs
+
+
 def _train_in_worker(args: tuple) -> str:
     spec, dataset, splits, runs_dir, boxes, cache_dir = args
     return train_or_load(spec, dataset, splits, runs_dir=runs_dir, progress=False, boxes=boxes, cache_dir=cache_dir).key
@@ -311,9 +316,10 @@ def run_cv_many(
         if isinstance(executor, LocalExecutor):
             trained = [train_or_load(spec, dataset, splits, runs_dir=runs_dir, progress=progress, boxes=job.boxes,
                                      cache_dir=cache_dir) for spec, job in pending.values()]
-        else:
+        else:  # longest first: a long run started last would leave the other workers idle at the end
+            order = sorted(pending.values(), key=lambda pair: _expected_cost(pair[0]), reverse=True)
             keys = executor.run(_train_in_worker, [(spec, dataset, splits, runs_dir, job.boxes, cache_dir)
-                                                   for spec, job in pending.values()], desc="training", progress=progress)
+                                                   for spec, job in order], desc="training", progress=progress)
             trained = [dataclasses.replace(load_run(Path(runs_dir) / key), trained=True) for key in keys]
         results.update({r.key: r for r in trained})
     return [pd.DataFrame([_fold_row(job, results[specs[(i, fold)].key]) for fold in folds]) for i, job in enumerate(jobs)]

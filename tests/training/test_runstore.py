@@ -211,3 +211,11 @@ def test_executor_choice_from_the_environment(monkeypatch):
     assert get_executor().workers == 3 and get_executor() is get_executor()  # the pool is shared
     with pytest.raises(ValueError, match="unknown executor"):
         get_executor("cluster")
+
+
+def test_longer_runs_are_dispatched_first(study):
+    small = _spec(study)
+    larger = _spec(study, model_kwargs={"widths": [8, 16]})
+    bigger_input = _spec(study, recipe=Recipe(size=32))
+    costs = [runstore._expected_cost(s) for s in (small, larger, bigger_input)]
+    assert costs[1] > costs[0] and costs[2] == 4 * costs[0]
