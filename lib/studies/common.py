@@ -28,14 +28,7 @@ class Study:
 
 def open_study(data_root: str = "", layout: str = "auto", embedded_preset: str = "default", seed: int = 42,
                n_folds: int = 5, test_ratio: float = 0.1, val_ratio: float = 0.1, subsample: float = 1.0,
-               holdout_sources: tuple[str, ...] = (), embedded_overrides: dict | None = None,
-               warm_executor: bool = True) -> Study:
-    """The dataset and its split table. `warm_executor` starts the training workers now, so that they import torch
-    while the data loads (notebooks that train nothing in parallel pass False)."""
-    if warm_executor:
-        from lib.training.executors import get_executor
-
-        get_executor().warm()
+               holdout_sources: tuple[str, ...] = (), embedded_overrides: dict | None = None) -> Study:
     ds = load_dataset(data_root, layout, embedded_preset, seed=seed, embedded_overrides=embedded_overrides)
     splits = make_splits(ds.manifest, n_folds=n_folds, test_ratio=test_ratio, val_ratio=val_ratio, seed=seed,
                          subsample=subsample, holdout_sources=tuple(holdout_sources))

@@ -24,9 +24,6 @@ class LocalExecutor:
 
     name, workers = "local", 1
 
-    def warm(self) -> None:
-        """Nothing to start."""
-
     def run(self, fn: Callable[[Any], Any], jobs: Sequence[Any], desc: str = "runs", progress: bool = True) -> list:
         return [fn(job) for job in tqdm(jobs, desc=desc, unit="run", disable=not progress or len(jobs) < 2)]
 
@@ -55,12 +52,6 @@ class ProcessExecutor:
             for _ in as_completed(futures):
                 bar.update(1)
         return [f.result() for f in futures]
-
-    def warm(self) -> None:
-        """Start the workers now (importing torch takes seconds), so that they are ready when the first runs come."""
-        pool = self._get_pool()
-        for _ in range(self.workers):
-            pool.submit(os.getpid)
 
     def _get_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:
