@@ -171,14 +171,25 @@ def run_candidates(dataset: Any, splits: pd.DataFrame, recipe: Recipe, config: T
                    progress: bool = True, **store_kw: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
     """`run_cv` for every candidate (stored runs are loaded): (fold table, predictions), with `model` = the label and
     `architecture` = the registry name. `store_kw`: runs_dir, cache_dir (default: the project's run store and cache)."""
-    from lib.training.runstore import CVJob, collect_predictions, run_cv_many
+    from lib.training.runstore import CVJob
 
     if not entries:
         raise ValueError("run_candidates: no candidates given")
-    tables = run_cv_many(dataset, splits, [CVJob(recipe, c.model, config, c.kwargs or None, boxes) for c in entries],
-                         folds=folds, progress=progress, **store_kw)
-    cv = pd.concat([cv.assign(model=c.label, architecture=c.model) for c, cv in zip(entries, tables)],
-                   ignore_index=True)
+    jobs = [(c, CVJob(recipe, c.model, config, c.kwargs or None, boxes)) for c in entries]
+    return run_labelled(dataset, splits, jobs, folds=folds, progress=progress, **store_kw)
+
+
+def run_labelled(dataset: Any, splits: pd.DataFrame, jobs: Sequence[tuple[Candidate, Any]],
+                 folds: Sequence[int] | None = None, progress: bool = True, tags: Sequence[dict] | None = None,
+                 **store_kw: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`run_cv_many` over (candidate, `CVJob`) pairs, all sent to the executor together: (fold table, predictions),
+    with `model` = the candidate's label, `architecture` = the registry name and the columns of each pair's `tags`."""
+    from lib.training.runstore import collect_predictions, run_cv_many
+
+    tables = run_cv_many(dataset, splits, [job for _, job in jobs], folds=folds, progress=progress, **store_kw)
+    tags = tags or [{}] * len(jobs)
+    cv = pd.concat([table.assign(model=c.label, architecture=c.model, **tag)
+                    for (c, _), tag, table in zip(jobs, tags, tables)], ignore_index=True)
     runs_dir = {k: v for k, v in store_kw.items() if k == "runs_dir"}
     return cv, label_predictions(collect_predictions(cv, **runs_dir), cv)
 
@@ -260,18 +271,15 @@ class Plan:
 
 def run_plan(dataset: Any, splits: pd.DataFrame, plan: Plan, boxes: np.ndarray | None = None, progress: bool = True,
              **store_kw: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """`run_candidates` for every group of `plan`: (fold table with `image_size` and `group`, predictions).
+    """The runs of every group of `plan`, sent together: (fold table with `image_size` and `group`, predictions).
     `boxes` (from `recipe_boxes`) go to the groups whose recipe crops faces; `store_kw` as in `run_candidates`."""
-    from lib.training.runstore import CVJob, collect_predictions, run_cv_many
+    from lib.training.runstore import CVJob
 
     owners = [(group, c) for group in plan.groups() for c in group.entries]
-    jobs = [CVJob(group.recipe, c.model, group.config, c.kwargs or None, boxes if group.recipe.needs_boxes else None)
-            for group, c in owners]
-    tables = run_cv_many(dataset, splits, jobs, progress=progress, **store_kw)  # every group's runs side by side
-    cv = pd.concat([table.assign(model=c.label, architecture=c.model, image_size=group.recipe.size, group=group.name)
-                    for (group, c), table in zip(owners, tables)], ignore_index=True)
-    runs_dir = {k: v for k, v in store_kw.items() if k == "runs_dir"}
-    return cv, label_predictions(collect_predictions(cv, **runs_dir), cv)
+    jobs = [(c, CVJob(group.recipe, c.model, group.config, c.kwargs or None,
+                      boxes if group.recipe.needs_boxes else None)) for group, c in owners]
+    tags = [{"image_size": group.recipe.size, "group": group.name} for group, _ in owners]
+    return run_labelled(dataset, splits, jobs, progress=progress, tags=tags, **store_kw)  # every group side by side
 
 
 def seconds_per_epoch(history: pd.DataFrame, by: str = "model") -> pd.DataFrame:

@@ -261,9 +261,14 @@ class CVJob:
     boxes: np.ndarray | None = field(default=None, compare=False)  # face boxes, for a face-crop recipe
 
 
-def _expected_cost(spec: RunSpec) -> float:
-    """A rough relative training cost, for ordering only: parameters x input pixels x epochs."""
-    return count_parameters(build_model(spec, for_loading=True)) * spec.recipe.size ** 2 * spec.train.epochs
+def _expected_cost(spec: RunSpec, parameters: dict[str, int] | None = None) -> float:
+    """A rough relative training cost, for ordering only: parameters x input pixels x epochs. `parameters` memoises
+    the parameter count per architecture, so the folds of a job build their model once."""
+    parameters = {} if parameters is None else parameters
+    arch = stable_hash([spec.model, spec.model_kwargs])
+    if arch not in parameters:
+        parameters[arch] = count_parameters(build_model(spec, for_loading=True))
+    return parameters[arch] * spec.recipe.size ** 2 * spec.train.epochs
 
 
 def _train_in_worker(args: tuple) -> str:
@@ -317,7 +322,8 @@ def run_cv_many(
             trained = [train_or_load(spec, dataset, splits, runs_dir=runs_dir, progress=progress, boxes=job.boxes,
                                      cache_dir=cache_dir) for spec, job in pending.values()]
         else:  # longest first: a long run started last would leave the other workers idle at the end
-            order = sorted(pending.values(), key=lambda pair: _expected_cost(pair[0]), reverse=True)
+            parameters: dict[str, int] = {}
+            order = sorted(pending.values(), key=lambda pair: _expected_cost(pair[0], parameters), reverse=True)
             keys = executor.run(_train_in_worker, [(spec, dataset, splits, runs_dir, job.boxes, cache_dir)
                                                    for spec, job in order], desc="training", progress=progress)
             trained = [dataclasses.replace(load_run(Path(runs_dir) / key), trained=True) for key in keys]
