@@ -85,3 +85,49 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- artefacts read by a later notebook
+STAMP_KEY = "made_from"
+
+
+class ArtefactMismatch(ValueError):
+    """A file written by an earlier notebook was made from another dataset or split table than the reader's."""
+
+
+def _check_stamp(path: Path, found: Any, expected: dict[str, str]) -> None:
+    if found != expected:
+        made = "no record of its dataset and split" if not found else ", ".join(f"{k} {v}" for k, v in sorted(found.items()))
+        want = ", ".join(f"{k} {v}" for k, v in sorted(expected.items()))
+        raise ArtefactMismatch(f"{path} was made from {made}; this notebook uses {want}. Re-run the notebook that "
+                               f"writes it on this dataset and split (or delete the file to use the fallback).")
+
+
+def write_stamped_json(path: str | Path, obj: dict[str, Any], stamp: dict[str, str]) -> Path:
+    """A JSON artefact for a later notebook, carrying the dataset fingerprint and split key it was made from."""
+    return write_json(path, {**obj, STAMP_KEY: dict(stamp)})
+
+
+def read_stamped_json(path: str | Path, stamp: dict[str, str]) -> dict[str, Any]:
+    """The artefact without its stamp; `ArtefactMismatch` (naming both) when it was made from other data."""
+    data = read_json(path)
+    _check_stamp(Path(path), data.pop(STAMP_KEY, None), dict(stamp))
+    return data
+
+
+def _stamp_path(path: Path) -> Path:
+    return path.with_name(path.name + ".stamp.json")
+
+
+def write_stamped_table(path: str | Path, df: pd.DataFrame, stamp: dict[str, str]) -> Path:
+    """A table for a later notebook, with a `<name>.stamp.json` sidecar naming its dataset and split."""
+    path = Path(path)
+    write_json(_stamp_path(path), dict(stamp))
+    return write_table(path, df)
+
+
+def read_stamped_table(path: str | Path, stamp: dict[str, str]) -> pd.DataFrame:
+    path = Path(path)
+    sidecar = _stamp_path(path)
+    _check_stamp(path, read_json(sidecar) if sidecar.exists() else None, dict(stamp))
+    return read_table(path)

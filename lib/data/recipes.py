@@ -6,6 +6,7 @@ with it, so two runs share decoded pixels exactly when they share the recipe.
 
 from __future__ import annotations
 
+import io
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
@@ -14,7 +15,7 @@ from PIL import Image
 
 from lib.fileio import stable_hash
 
-MODES = ("resize", "center_crop", "letterbox", "face")
+MODES = ("resize", "center_crop", "letterbox", "face", "native_crop")
 LETTERBOX_TARGETS = ("all", "real")
 
 # Bilinear with PIL's built-in antialiasing (its filter support widens when shrinking): the same
@@ -34,7 +35,11 @@ class Recipe:
         geometry shortcut on purpose, to test whether a model learns it.
       - ``face``: crop to a face box (given by the caller) enlarged by ``face_margin`` on each side,
         made square, then resize; centre crop when the image has no box.
+      - ``native_crop``: the centred ``size x size`` window of the native pixels, never resampled (what NPR
+        needs: resampling erases the up-sampling residue it measures). An image smaller than ``size`` raises.
     ``face_detector`` names the source of the boxes, so caches built from different detectors differ.
+    ``jpeg_quality`` (1..100, 0 = off) re-encodes every image of both classes at that JPEG quality before the
+    geometric step: the neutraliser of a compression shortcut (real JPEG q75 vs fake PNG, say).
     """
 
     size: int = 64
@@ -43,6 +48,7 @@ class Recipe:
     pad_value: int = 0
     face_margin: float = 0.2
     face_detector: str = ""
+    jpeg_quality: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.size, (int, np.integer)) or self.size < 1:
@@ -57,13 +63,19 @@ class Recipe:
             raise ValueError(f"Recipe.pad_value must be in 0..255, got {self.pad_value}")
         if self.face_margin < 0:
             raise ValueError(f"Recipe.face_margin must be >= 0, got {self.face_margin}")
+        if not isinstance(self.jpeg_quality, (int, np.integer)) or not 0 <= self.jpeg_quality <= 100:
+            raise ValueError(f"Recipe.jpeg_quality must be an int in 1..100 (0 = off), got {self.jpeg_quality!r}")
 
     @property
     def key(self) -> str:
-        return stable_hash(self)
+        return stable_hash(self.to_dict())
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # jpeg_quality off is left out, so recipes that predate it keep their key (and their caches and runs)
+        d = asdict(self)
+        if not d["jpeg_quality"]:
+            del d["jpeg_quality"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Recipe":
@@ -82,8 +94,15 @@ class Recipe:
         if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
             raise ValueError(f"Recipe.apply expects an HxWx3 uint8 image, got shape {img.shape} dtype {img.dtype}")
         pil = Image.fromarray(img)
+        if self.jpeg_quality:
+            pil = _jpeg_reencode(pil, self.jpeg_quality)
         s = self.size
-        if self.mode == "resize":
+        if self.mode == "native_crop":
+            if pil.width < s or pil.height < s:
+                raise ValueError(f"native_crop of {s} px needs an image at least {s}x{s}, got {pil.width}x{pil.height}")
+            left, top = (pil.width - s) // 2, (pil.height - s) // 2
+            out = pil.crop((left, top, left + s, top + s))
+        elif self.mode == "resize":
             out = pil.resize((s, s), _RESAMPLE)
         elif self.mode == "center_crop":
             out = _center_square(pil).resize((s, s), _RESAMPLE)
@@ -118,6 +137,14 @@ class Recipe:
         left = min(max(cx - side / 2, 0.0), width - side)
         top = min(max(cy - side / 2, 0.0), height - side)
         return (left, top, left + side, top + side)
+
+
+def _jpeg_reencode(pil: Image.Image, quality: int) -> Image.Image:
+    buf = io.BytesIO()
+    pil.save(buf, format="JPEG", quality=int(quality))
+    buf.seek(0)
+    with Image.open(buf) as decoded:
+        return decoded.convert("RGB")
 
 
 def _center_square(pil: Image.Image) -> Image.Image:

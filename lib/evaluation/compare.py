@@ -1,7 +1,16 @@
-"""Runs -> comparison tables: fold summaries with intervals, paired tests, DeLong/McNemar on the shared test set.
+"""Runs -> comparison tables: the study's one comparison rule, intervals over groups, fold summaries.
 
 Everything here takes the tidy tables of `lib.training.runstore` (one row per fold from `run_cv`, one row per evaluated
-image from `collect_predictions`) plus a column naming the compared thing (`by`: a model, or a condition).
+image from `collect_predictions`, with its `group`) plus a column naming the compared thing (`by`: a model, a condition).
+
+The protocol (README, "Statistical protocol"):
+- Evaluation sets: ``oof``, the pooled out-of-fold validation predictions (every trainval group is validated exactly
+  once), where every choice is made; ``test``, the fold models' mean probability on the test hold-out, scored for the
+  final report and pre-registered comparisons only; ``holdout``, the same for held-out sources.
+- Intervals: cluster bootstrap over groups (photographs, identities, seeds), never images, with group counts beside
+  every number (`metric_intervals`).
+- One comparison rule (`compare_family`): a family of paired differences, the same resampled groups for both sides,
+  Holm-stepped intervals; "supported" / "contradicted" only when the adjusted interval excludes zero.
 """
 
 from __future__ import annotations
@@ -13,9 +22,208 @@ import numpy as np
 import pandas as pd
 
 from lib.evaluation.metrics import best_threshold, per_source_metrics
-from lib.evaluation.stats import delong_test, holm, mcnemar_test, paired_tests, summarize, verdict
+from lib.evaluation.stats import (bootstrap_p, cluster_bootstrap_counts, delong_test, group_strata, holm, holm_levels,
+                                  mcnemar_test, nadeau_bengio_t, paired_tests, percentile_interval, summarize, verdict,
+                                  weighted_auc, weighted_mean, wilcoxon_min_p)
 
 METRICS = ("auc", "ap", "accuracy", "f1")
+SETS = ("oof", "test")
+BOOT_METRICS = ("auc", "accuracy")
+FAMILY_COLUMNS = ["a", "b", "set", "metric", "claim", "estimate_a", "estimate_b", "diff", "ci_low", "ci_high", "level",
+                  "p", "p_holm", "verdict", "real_groups", "fake_groups", "real_images", "fake_images", "note"]
+N_BOOT = 2000
+
+
+# ----------------------------------------------------------------------------- evaluation sets and group counts
+def evaluation_set(predictions: pd.DataFrame, by: str, name: str) -> pd.DataFrame:
+    """One prediction per (level of `by`, image) for the evaluation set `name`.
+
+    ``oof``: the validation rows pooled over folds (each image is validated by the one fold model that did not train
+    on it); ``test`` / ``holdout``: the mean probability of the fold models (`fold_ensemble`)."""
+    if name == "oof":
+        part = predictions[predictions["split"] == "val"]
+        keys = [by, "path"]
+        agg = {c: (c, "first") for c in ("label", "source", "group") if c in part.columns}
+        return part.groupby(keys, sort=False).agg(**agg, probability=("probability", "mean")).reset_index()
+    if name in ("test", "holdout"):
+        return fold_ensemble(predictions, by, split=name)
+    raise ValueError(f"unknown evaluation set {name!r}; use 'oof', 'test' or 'holdout'")
+
+
+def require_validation(frame: pd.DataFrame, who: str) -> pd.DataFrame:
+    """Guard of every selection function: it may read validation predictions or metrics only, never the test
+    hold-out (a `split` other than "val", or a test_*/holdout_* metric column, raises)."""
+    if "split" in frame.columns and not frame["split"].isin(["val"]).all():
+        bad = sorted(set(frame["split"].astype(str)) - {"val"})
+        raise ValueError(f"{who} chooses on validation data only, but was given {bad} predictions")
+    if "set" in frame.columns and not frame["set"].isin(["oof"]).all():
+        raise ValueError(f"{who} chooses on out-of-fold validation data only, got sets {sorted(set(frame['set']))}")
+    leaked = [c for c in frame.columns if str(c).startswith(("test_", "holdout_"))]
+    if leaked:
+        raise ValueError(f"{who} chooses on validation data only, but was given test columns {leaked}")
+    return frame
+
+
+def _groups(frame: pd.DataFrame) -> pd.Series:
+    # a table without groups (e.g. CIFAKE-style data) treats each image as its own group
+    return frame["group"].astype(str) if "group" in frame.columns else frame["path"].astype(str)
+
+
+def group_counts(frame: pd.DataFrame) -> dict[str, int]:
+    """How many independent units stand behind a number: real and fake groups (a group holding both counts for
+    both), images of each class."""
+    groups, labels = _groups(frame), frame["label"].astype(int)
+    return {"real_groups": int(groups[labels == 0].nunique()), "fake_groups": int(groups[labels == 1].nunique()),
+            "real_images": int((labels == 0).sum()), "fake_images": int((labels == 1).sum())}
+
+
+def groups_are_images(frame: pd.DataFrame) -> bool:
+    """True when every group holds one image: then image-level tests (DeLong, McNemar) are valid."""
+    return bool(_groups(frame).is_unique)
+
+
+class _Resampler:
+    """Bootstrap replicates of one evaluation frame: group codes, strata and counts, shared by every score on it."""
+
+    def __init__(self, frame: pd.DataFrame, n_boot: int, seed: int):
+        codes, names = pd.factorize(_groups(frame))
+        labels = frame["label"].astype(int).to_numpy()
+        has_real = np.bincount(codes, weights=(labels == 0), minlength=len(names)) > 0
+        has_fake = np.bincount(codes, weights=(labels == 1), minlength=len(names)) > 0
+        self.codes, self.labels = codes, labels
+        self.counts = cluster_bootstrap_counts(group_strata(has_real, has_fake), n_boot, seed)
+        self.enough = bool(has_real.sum() >= 2 and has_fake.sum() >= 2)
+
+    def scores(self, probability: np.ndarray, metric: str, threshold: float = 0.5) -> tuple[float, np.ndarray]:
+        """(the metric on the original frame, its value in every replicate)."""
+        if metric == "auc":
+            full = weighted_auc(self.codes, self.labels, probability, np.ones((1, self.counts.shape[1]), int))[0]
+            return float(full), weighted_auc(self.codes, self.labels, probability, self.counts)
+        if metric == "accuracy":
+            correct = ((probability >= threshold).astype(int) == self.labels).astype(float)
+            return float(correct.mean()), weighted_mean(self.codes, correct, self.counts)
+        raise ValueError(f"bootstrap metric must be one of {BOOT_METRICS}, got {metric!r}")
+
+
+def _not_enough_note(counts: dict[str, int]) -> str:
+    return (f"interval undefined: {counts['real_groups']} real and {counts['fake_groups']} fake group(s); the group "
+            f"bootstrap needs at least 2 of each")
+
+
+def metric_intervals(predictions: pd.DataFrame, by: str = "model", sets: Sequence[str] = SETS,
+                     metrics: Sequence[str] = ("auc",), thresholds: pd.Series | None = None, n_boot: int = N_BOOT,
+                     seed: int = 0, confidence: float = 0.95) -> pd.DataFrame:
+    """Per level of `by`, evaluation set and metric: the estimate, its cluster-bootstrap interval over groups and the
+    group counts behind it. Accuracy uses `thresholds` (default: chosen on validation, `validation_thresholds`)."""
+    thresholds = validation_thresholds(predictions, by) if thresholds is None else thresholds
+    rows = []
+    for name in sets:
+        part = evaluation_set(predictions, by, name)
+        for level, frame in part.groupby(by, sort=False):
+            frame = frame.reset_index(drop=True)
+            counts = group_counts(frame)
+            sampler = _Resampler(frame, n_boot, seed)
+            for metric in metrics:
+                estimate, reps = sampler.scores(frame["probability"].to_numpy(), metric, float(thresholds.get(level, 0.5)))
+                low, high = percentile_interval(reps, confidence) if sampler.enough else (math.nan, math.nan)
+                rows.append({by: level, "set": name, "metric": metric, "estimate": estimate, "ci_low": low,
+                             "ci_high": high, **counts, "note": "" if sampler.enough else _not_enough_note(counts)})
+    return pd.DataFrame(rows)
+
+
+def compare_family(predictions: pd.DataFrame, by: str, pairs: Sequence[tuple[str, str]], sets: Sequence[str] = SETS,
+                   metrics: Sequence[str] = ("auc",), direction: str = "greater", thresholds: pd.Series | None = None,
+                   n_boot: int = N_BOOT, seed: int = 0, alpha: float = 0.05) -> pd.DataFrame:
+    """The one comparison rule: for each pair (a, b) the paired difference a - b on each evaluation set.
+
+    Both sides are scored on the images they share, with the same resampled groups in every replicate. Each set is
+    one family: Holm-adjusted p over its rows, and each row's interval at Holm's step level alpha / (m - rank + 1).
+    The verdict on the claim "a better than b" (``direction="less"``: a lower) is "supported" / "contradicted" only
+    when that interval excludes zero (and the Holm p is below alpha), else "inconclusive"."""
+    thresholds = validation_thresholds(predictions, by) if thresholds is None else thresholds
+    tables = []
+    for name in sets:
+        part = evaluation_set(predictions, by, name)
+        rows, diffs = [], []
+        for a, b in pairs:
+            wide = part[part[by].isin([a, b])].pivot_table(index="path", columns=by, values="probability",
+                                                          aggfunc="first").reindex(columns=[a, b]).dropna()
+            frame = part[part[by] == a].set_index("path").loc[wide.index].reset_index()
+            shared = len(frame) > 0 and frame["label"].nunique() == 2
+            counts = group_counts(frame) if len(frame) else {}
+            sampler = _Resampler(frame, n_boot, seed) if shared else None
+            for metric in metrics:
+                row = {"a": a, "b": b, "set": name, "metric": metric, **counts}
+                if sampler is None:
+                    rows.append(row | {"note": "no shared images of both classes"})
+                    diffs.append(None)
+                    continue
+                est_a, reps_a = sampler.scores(wide[a].to_numpy(), metric, float(thresholds.get(a, 0.5)))
+                est_b, reps_b = sampler.scores(wide[b].to_numpy(), metric, float(thresholds.get(b, 0.5)))
+                ok = sampler.enough
+                rows.append(row | {"estimate_a": est_a, "estimate_b": est_b, "diff": est_a - est_b,
+                                   "p": bootstrap_p(reps_a - reps_b) if ok else math.nan,
+                                   "note": "" if ok else _not_enough_note(counts)})
+                diffs.append(reps_a - reps_b if ok else None)
+        if not rows:
+            continue
+        table = pd.DataFrame(rows).reindex(columns=FAMILY_COLUMNS)
+        p = table["p"].to_numpy(dtype=float)
+        table["p_holm"] = holm(p)
+        table["level"] = 1 - holm_levels(p, alpha)
+        bounds = [percentile_interval(d, level) if d is not None else (math.nan, math.nan)
+                  for d, level in zip(diffs, table["level"])]
+        table["ci_low"], table["ci_high"] = [lo for lo, _ in bounds], [hi for _, hi in bounds]
+        table["claim"] = [f"{a} {'>' if direction == 'greater' else '<'} {b}" for a, b in zip(table["a"], table["b"])]
+        table["verdict"] = [verdict(lo, hi, direction) if ph <= alpha else "inconclusive"
+                            for lo, hi, ph in zip(table["ci_low"], table["ci_high"], table["p_holm"].fillna(1.0))]
+        tables.append(table)
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=FAMILY_COLUMNS)
+
+
+def fold_tests(cv: pd.DataFrame, by: str, pairs: Sequence[tuple[str, str]], metric: str = "val_auc",
+               test_train_ratio: float | None = None, alpha: float = 0.05) -> pd.DataFrame:
+    """Secondary, training-noise view: per pair the fold-level paired difference with the Nadeau-Bengio corrected t
+    (k folds: n_val / n_train = 1 / (k - 1) unless given). Wilcoxon is reported only where its smallest attainable p
+    can fall below alpha; otherwise the note says why it is omitted."""
+    rows = []
+    for a, b in pairs:
+        wide = cv.pivot_table(index="fold", columns=by, values=metric, aggfunc="first", dropna=False).reindex(
+            columns=[a, b]).dropna()
+        k = len(wide)
+        ratio = test_train_ratio if test_train_ratio is not None else (1 / (k - 1) if k > 1 else math.nan)
+        res = nadeau_bengio_t(wide[a], wide[b], ratio)
+        row = {"a": a, "b": b, "metric": metric, **res}
+        if wilcoxon_min_p(k) > alpha:
+            row.update(wilcoxon_p=math.nan, wilcoxon_note=f"omitted: with {k} folds the smallest attainable Wilcoxon "
+                                                          f"p is {wilcoxon_min_p(k):.3g} > {alpha}")
+        else:
+            row.update(wilcoxon_p=paired_tests(wide[a], wide[b])["wilcoxon_p"], wilcoxon_note="")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def counts_text(row: dict | pd.Series) -> str:
+    """'3 real / 12 fake groups' of a `metric_intervals` or `compare_family` row."""
+    return f"{int(row['real_groups'])} real / {int(row['fake_groups'])} fake groups"
+
+
+def interval_text(row: dict | pd.Series, digits: int = 3) -> str:
+    """'0.905 [0.812, 0.961]; 3 real / 12 fake groups' (the interval is left out when undefined)."""
+    est = row.get("estimate", row.get("diff"))
+    low, high = row["ci_low"], row["ci_high"]
+    ci = "" if pd.isna(low) else f" [{low:.{digits}f}, {high:.{digits}f}]"
+    return f"{est:.{digits}f}{ci}; {counts_text(row)}"
+
+
+def describe_family_row(row: dict | pd.Series, metric_name: str = "AUC") -> str:
+    """One computed sentence about a `compare_family` row (used in conclusion cells)."""
+    if pd.isna(row.get("diff")):
+        return f"{row['a']} vs {row['b']} ({row['set']}): not comparable ({row.get('note', '')})."
+    ci = ("interval undefined: " + str(row["note"])) if pd.isna(row["ci_low"]) else (
+        f"{row['level']:.1%} Holm-stepped CI {row['ci_low']:+.3f} to {row['ci_high']:+.3f}, p Holm = {row['p_holm']:.3g}")
+    return (f"{row['a']} - {row['b']} {metric_name} on {row['set']}: {row['diff']:+.3f} ({ci}; {counts_text(row)}) "
+            f"-> claim '{row['claim']}': {row['verdict']}")
 
 
 def cv_summary(cv: pd.DataFrame, by: str = "model", part: str = "test", metrics: Sequence[str] = METRICS) -> pd.DataFrame:
@@ -62,9 +270,9 @@ def compare_to_baseline(cv: pd.DataFrame, by: str, baseline: str, metrics: Seque
 def fold_ensemble(predictions: pd.DataFrame, by: str = "model", split: str = "test") -> pd.DataFrame:
     """Mean probability over the fold models for each image of `split` (the test set is shared by every fold)."""
     part = predictions[predictions["split"] == split]
+    kept = {c: (c, "first") for c in ("label", "source", "group") if c in part.columns}
     return (part.groupby([by, "path"], sort=False)
-            .agg(label=("label", "first"), source=("source", "first"), probability=("probability", "mean"),
-                 n_models=("probability", "size"))
+            .agg(**kept, probability=("probability", "mean"), n_models=("probability", "size"))
             .reset_index())
 
 

@@ -1,4 +1,5 @@
-"""Statistics of the study protocol (scipy underneath): t-intervals over folds, paired tests, DeLong, McNemar, Holm.
+"""Statistics of the study protocol (scipy underneath): cluster bootstrap over groups, t-intervals over folds with the
+Nadeau-Bengio correction, paired tests, DeLong, McNemar, Holm.
 
 A claim is "supported" only when the confidence interval of the paired difference excludes 0 in the claimed
 direction (`verdict`). NaN values are dropped (pairs with a NaN on either side in paired tests) and `n` reports how
@@ -179,3 +180,118 @@ def verdict(diff_ci_low: float, diff_ci_high: float, direction: str = "greater")
     if high < 0:
         return "contradicted"
     return "inconclusive"
+
+
+# ----------------------------------------------------------------------------- inference over groups
+def group_strata(group_has_real: Any, group_has_fake: Any) -> np.ndarray:
+    """Stratum of each group by its label mix: 0 = real only, 1 = fake only, 2 = both (a photograph and its fakes)."""
+    real, fake = np.asarray(group_has_real, dtype=bool), np.asarray(group_has_fake, dtype=bool)
+    return np.where(real & fake, 2, np.where(fake, 1, 0))
+
+
+def cluster_bootstrap_counts(strata: Any, n_boot: int = 2000, seed: int = 0) -> np.ndarray:
+    """(n_boot, n_groups) counts of how often each group is drawn: groups resampled with replacement within their
+    stratum (so every replicate keeps the class mix of the original), never images."""
+    strata = np.asarray(strata)
+    rng = np.random.default_rng(seed)
+    counts = np.zeros((n_boot, strata.size), dtype=np.int32)
+    for level in np.unique(strata):
+        members = np.flatnonzero(strata == level)
+        counts[:, members] = rng.multinomial(members.size, np.full(members.size, 1 / members.size), size=n_boot)
+    return counts
+
+
+def weighted_auc(group_of_image: Any, labels: Any, scores: Any, counts: np.ndarray, chunk: int = 256) -> np.ndarray:
+    """ROC AUC of every bootstrap replicate (a row of ``counts``), each image weighted by its group's count.
+
+    Vectorised: images are binned by unique score, positives and negatives summed per (group, bin) in sparse
+    matrices, so a replicate costs one sparse product; ties count one half, as in `roc_auc_score`.
+    """
+    from scipy.sparse import csr_matrix
+
+    g = np.asarray(group_of_image, dtype=np.int64)
+    y = np.asarray(labels).astype(int)
+    uniq, bins = np.unique(np.asarray(scores, dtype=float), return_inverse=True)
+    shape = (counts.shape[1], uniq.size)
+    pos = csr_matrix((np.ones(int((y == 1).sum())), (g[y == 1], bins[y == 1])), shape=shape)
+    neg = csr_matrix((np.ones(int((y == 0).sum())), (g[y == 0], bins[y == 0])), shape=shape)
+    out = np.empty(counts.shape[0])
+    for start in range(0, counts.shape[0], chunk):
+        c = counts[start:start + chunk].astype(float)
+        wp, wn = np.asarray((pos.T @ c.T).T), np.asarray((neg.T @ c.T).T)
+        below = np.cumsum(wn, axis=1) - wn  # negative weight strictly below each score bin
+        num = (wp * (below + 0.5 * wn)).sum(axis=1)
+        den = wp.sum(axis=1) * wn.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[start:start + chunk] = num / den
+    return out
+
+
+def weighted_mean(group_of_image: Any, values: Any, counts: np.ndarray) -> np.ndarray:
+    """Mean of a per-image value (e.g. correct = 1) in every replicate, each image weighted by its group's count."""
+    g = np.asarray(group_of_image, dtype=np.int64)
+    v = np.asarray(values, dtype=float)
+    per_group_sum = np.bincount(g, weights=v, minlength=counts.shape[1])
+    per_group_n = np.bincount(g, minlength=counts.shape[1]).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (counts @ per_group_sum) / (counts @ per_group_n)
+
+
+def bootstrap_p(diffs: Any) -> float:
+    """Two-sided bootstrap p of 'difference = 0': twice the smaller tail share, (count + 1) / (B + 1), capped at 1."""
+    d = np.asarray(diffs, dtype=float)
+    d = d[~np.isnan(d)]
+    if d.size == 0:
+        return math.nan
+    if np.all(d == 0):
+        return 1.0
+    tail = min((d <= 0).sum(), (d >= 0).sum())
+    return float(min(1.0, 2 * (tail + 1) / (d.size + 1)))
+
+
+def percentile_interval(values: Any, confidence: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of bootstrap replicates (stays inside the metric's range by construction)."""
+    v = np.asarray(values, dtype=float)
+    v = v[~np.isnan(v)]
+    if v.size == 0:
+        return math.nan, math.nan
+    low, high = np.quantile(v, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return float(low), float(high)
+
+
+def holm_levels(pvalues: Any, alpha: float = 0.05) -> np.ndarray:
+    """Holm's step-down per-hypothesis level: alpha / (m - rank + 1), rank 1 = smallest p (NaN p: alpha / m)."""
+    p = np.array(pvalues, dtype=float).ravel()
+    m = int((~np.isnan(p)).sum())
+    levels = np.full(p.shape, alpha / max(m, 1))
+    valid = np.flatnonzero(~np.isnan(p))
+    order = valid[np.argsort(p[valid], kind="stable")]
+    levels[order] = alpha / (m - np.arange(m))
+    return levels
+
+
+def nadeau_bengio_t(a: Any, b: Any, test_train_ratio: float, confidence: float = 0.95) -> dict[str, Any]:
+    """Corrected resampled paired t over folds (Nadeau & Bengio 2003): the folds' training sets overlap, so the
+    variance of the mean difference is (1/k + n_val/n_train) * s^2 rather than s^2 / k."""
+    x, y = np.array(a, dtype=float).ravel(), np.array(b, dtype=float).ravel()
+    keep = ~(np.isnan(x) | np.isnan(y))
+    diff = x[keep] - y[keep]
+    k = int(diff.size)
+    out: dict[str, Any] = {"n_folds": k, "nb_mean_diff": float(diff.mean()) if k else math.nan,
+                           "nb_ci_low": math.nan, "nb_ci_high": math.nan, "nb_t": math.nan, "nb_p": math.nan,
+                           "nb_note": ""}
+    if k < 2:
+        return out | {"nb_note": f"needs at least 2 folds, got {k}"}
+    var = float(diff.var(ddof=1))
+    se = math.sqrt((1 / k + test_train_ratio) * var)
+    if se == 0:
+        return out | {"nb_note": "all differences are equal (zero variance)"}
+    crit = float(sps.t.ppf((1 + confidence) / 2, df=k - 1))
+    t = out["nb_mean_diff"] / se
+    return out | {"nb_ci_low": out["nb_mean_diff"] - crit * se, "nb_ci_high": out["nb_mean_diff"] + crit * se,
+                  "nb_t": t, "nb_p": float(2 * sps.t.sf(abs(t), df=k - 1))}
+
+
+def wilcoxon_min_p(n_pairs: int) -> float:
+    """Smallest two-sided p the exact Wilcoxon signed-rank test can give with n pairs: 2 / 2^n (3 pairs: 0.25)."""
+    return min(1.0, 2.0 / 2 ** int(n_pairs)) if n_pairs > 0 else 1.0
