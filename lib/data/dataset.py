@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
+from lib.data.duplicates import empty_merges
 from lib.data.layouts import detect_layout
-from lib.data.manifest import build_manifest, manifest_fingerprint
+from lib.data.manifest import NEAR_DUPLICATE_DISTANCE, build_manifest_tables, manifest_fingerprint
 
 
 @dataclass
@@ -21,19 +22,25 @@ class Dataset:
     skipped: pd.DataFrame          # (path, reason) of every file left out
     fingerprint: str               # stable hash of the manifest's sha256, label, source, group columns
     card: dict | None              # the embedded dataset's card.json (or any card.json at the root)
+    merges: pd.DataFrame = field(default_factory=empty_merges)   # group merges (lib.data.duplicates.MERGE_COLUMNS)
 
     def __repr__(self) -> str:
         counts = self.manifest["label"].value_counts().to_dict()
         return (f"Dataset({self.name!r}, layout={self.layout!r}, {len(self.manifest)} images "
                 f"({counts.get(0, 0)} real, {counts.get(1, 0)} fake), {len(self.skipped)} skipped, "
-                f"fingerprint={self.fingerprint})")
+                f"{len(self.merges)} group merge(s), fingerprint={self.fingerprint})")
 
 
 def load_dataset(data_root: str = "", layout: str = "auto", embedded_preset: str = "default", seed: int = 42,
-                 embedded_overrides: dict | None = None, progress: bool = True) -> Dataset:
+                 embedded_overrides: dict | None = None, progress: bool = True, group_regex: str = "",
+                 merge_near_duplicates: bool = True,
+                 near_duplicate_distance: int = NEAR_DUPLICATE_DISTANCE) -> Dataset:
     """Manifest of ``data_root`` read as ``layout``; ``data_root=""`` builds (once) and uses the embedded dataset.
 
-    ``embedded_preset``, ``seed`` and ``embedded_overrides`` only matter for the embedded dataset.
+    ``embedded_preset``, ``seed`` and ``embedded_overrides`` only matter for the embedded dataset. ``group_regex``
+    overrides the layout's groups (``lib.data.layouts``); groups sharing near-duplicate images (perceptual hashes
+    within ``near_duplicate_distance`` bits) are merged unless ``merge_near_duplicates=False`` (``Dataset.merges``
+    lists the merges).
     """
     if data_root:
         root = Path(data_root).expanduser()
@@ -45,10 +52,11 @@ def load_dataset(data_root: str = "", layout: str = "auto", embedded_preset: str
         root = Path(build_embedded(embedded_preset, seed=seed, progress=progress, **(embedded_overrides or {})))
     root = root.resolve()
     layout = detect_layout(root) if layout == "auto" else layout
-    manifest, skipped = build_manifest(root, layout=layout, progress=progress)
+    tables = build_manifest_tables(root, layout=layout, progress=progress, group_regex=group_regex,
+                                   merge_near_duplicates=merge_near_duplicates,
+                                   near_duplicate_distance=near_duplicate_distance)
     card_path = root / "card.json"
     card = json.loads(card_path.read_text(encoding="utf-8")) if card_path.is_file() else None
     name = str(card.get("name", root.name)) if isinstance(card, dict) else root.name
-    return Dataset(name=name, root=root, layout=layout, manifest=manifest, skipped=skipped,
-                   fingerprint=manifest_fingerprint(manifest), card=card)
-
+    return Dataset(name=name, root=root, layout=layout, manifest=tables.manifest, skipped=tables.skipped,
+                   fingerprint=manifest_fingerprint(tables.manifest), card=card, merges=tables.merges)

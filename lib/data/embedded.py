@@ -1,22 +1,21 @@
 """The embedded benchmark: real photo crops vs. fakes made from them, built offline and deterministically.
 
-Real images are crops of the photographs that ship inside installed packages (scikit-image,
-scikit-learn, matplotlib); each photograph is one group. Fakes come from the same photographs:
-reconstructions by three small autoencoders trained at build time that differ only in the decoder
-up-sampler (transposed convolution, nearest + conv, bilinear + conv), an inpainting-style source where
-only a rectangle is replaced by a reconstruction, and 64x64 faces from the DCGAN shipped in
-`gan-face-generate` (an unseen, content-different generator).
+Real images are crops of every photograph shipped inside installed packages that loads offline (`PHOTOS`: 16
+scikit-image photographs, scikit-learn's two sample images, matplotlib's Grace Hopper; no synthetic test patterns,
+no scanned text); each photograph is one group (both stereo views of the motorcycle are one scene, one group).
+Greyscale photographs become RGB with three equal channels, and the fakes made from them are converted to grey too,
+so colour says nothing about the label. Fakes come from the same photographs: reconstructions by three small
+autoencoders trained at build time that differ only in the decoder up-sampler (transposed convolution, nearest +
+conv, bilinear + conv), an inpainting-style source where only a rectangle is replaced by a reconstruction (each
+photograph's `fakes_per_photo` crops are dealt to these four sources in turn), and 64x64 faces from the DCGAN
+shipped in `gan-face-generate` (an unseen, content-different generator; each face its own group).
 
 `difficulty` blends each reconstruction back towards its real crop
-(``fake = crop + (1 - difficulty) * (reconstruction - crop)``), so 0 publishes raw reconstructions
-and values towards 1 fade the artefacts. Two shortcuts can be planted on purpose and are recorded in
-the card: geometry (reals rectangular, fakes square) and compression (reals JPEG, fakes PNG).
-
-Calibration of the "default" preset (difficulty 0.4, 150 autoencoder steps; measured with a throwaway
-script, details in `CALIBRATION` and in every card): with the geometry shortcut off, a 4-block CNN
-(242k parameters, Adam 1e-3, 6 epochs) trained on the crops of 6 photographs and tested on the other 3
-(3 folds) reaches a held-out ROC AUC of 0.78 at 64 px and 0.76 at 32 px (real vs the four
-autoencoder-based sources; inpaint is the hardest, about 0.65). Difficulty 0.5 gave 0.77 / 0.73.
+(``fake = crop + (1 - difficulty) * (reconstruction - crop)``), so 0 publishes raw reconstructions and values
+towards 1 fade the artefacts. Two shortcuts can be planted on purpose and are recorded in the card: geometry (reals
+rectangular, fakes square) and compression (reals JPEG, fakes PNG). The card (card.json, card.md) states only what
+the build did and counted: parameters, photographs, images and groups per source, checksums; how hard the benchmark
+is gets measured by notebook 01's difficulty probe on the build itself.
 
 Same seed and parameters give byte-identical files on the same software stack: every random draw
 comes from a seeded generator named after its purpose, torch runs with a
@@ -48,58 +47,40 @@ from tqdm.auto import tqdm
 from lib.fileio import read_json, sha256_file, stable_hash, to_json, write_json, write_text
 from lib.paths import EMBEDDED_DIR
 
-BUILDER_VERSION = 1  # bump when the generation code changes, so older caches are rebuilt
+BUILDER_VERSION = 2  # bump when the generation code changes, so older caches are rebuilt
 DEFAULT_SEED = 42
 AE_SOURCES = ("ae_transposed", "ae_nearest", "ae_bilinear")
-FAKE_SOURCES = (*AE_SOURCES, "inpaint", "dcgan_faces")
-PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle", "camera", "china", "flower", "grace_hopper")
+PHOTO_SOURCES = (*AE_SOURCES, "inpaint")   # the fakes made from the photographs
+FAKE_SOURCES = (*PHOTO_SOURCES, "dcgan_faces")
+# name -> where it ships; scikit-image's `cat` is chelsea again, so it is not listed.
+PHOTOS: dict[str, str] = {
+    "astronaut": "scikit-image", "chelsea": "scikit-image", "coffee": "scikit-image", "rocket": "scikit-image",
+    "motorcycle": "scikit-image", "hubble_deep_field": "scikit-image", "retina": "scikit-image",
+    "immunohistochemistry": "scikit-image", "camera": "scikit-image", "coins": "scikit-image",
+    "moon": "scikit-image", "brick": "scikit-image", "grass": "scikit-image", "gravel": "scikit-image",
+    "clock": "scikit-image", "cell": "scikit-image", "china": "scikit-learn", "flower": "scikit-learn",
+    "grace_hopper": "matplotlib",
+}
+GREYSCALE = frozenset({"camera", "coins", "moon", "brick", "grass", "gravel", "clock", "cell"})
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)   # ITU-R 601, as PIL's convert("L")
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Tiny: every notebook and test can build it in seconds.
     "smoke": dict(
-        crop_size=32, real_per_photo=4, fakes_per_source_per_photo=1, dcgan_count=6,
+        crop_size=32, real_per_photo=2, fakes_per_photo=2, dcgan_count=6,
         scale_range=(0.25, 1.0), aspect=1.25, geometry_shortcut=True, compression=None, jpeg_quality=90,
         difficulty=0.5, inpaint_area=(0.2, 0.5),
         ae_steps=30, ae_batch=16, ae_pool=64, ae_lr=2e-3, ae_width=16, ae_latent=8, torch_threads=1,
     ),
-    # The study's benchmark: ~600 real, ~600 AE-based fakes (4 sources), ~100 DCGAN faces.
+    # The study's benchmark: 19 photographs x (32 real crops + 32 fakes over 4 sources), plus 96 DCGAN faces.
     "default": dict(
-        crop_size=64, real_per_photo=64, fakes_per_source_per_photo=16, dcgan_count=96,
+        crop_size=64, real_per_photo=32, fakes_per_photo=32, dcgan_count=96,
         scale_range=(0.25, 1.0), aspect=1.25, geometry_shortcut=True, compression=None, jpeg_quality=90,
         difficulty=0.4, inpaint_area=(0.2, 0.5),
         ae_steps=150, ae_batch=32, ae_pool=512, ae_lr=2e-3, ae_width=32, ae_latent=16, torch_threads=1,
     ),
 }
 COMPRESSIONS = (None, "real_jpeg")
-
-# Filled from the throwaway calibration script (/tmp, not committed); see the module docstring.
-CALIBRATION: dict[str, Any] = {
-    "measured": "ROC AUC on held-out photographs of a small CNN separating real crops from the four "
-                "autoencoder-based fake sources (dcgan_faces left out: the difficulty knob does not act on them)",
-    "how": "default preset, seed 42, geometry_shortcut=False (every image 64x64 PNG, so no size shortcut); "
-           "3 folds, each holding out 3 of the 9 photographs (astronaut+coffee+motorcycle, chelsea+rocket+china, "
-           "camera+flower+grace_hopper), training on the other 6 (768 images); CNN of 4 conv3x3-BN-ReLU blocks "
-           "(32-64-128-128 channels, max-pool after the first three), global average pool, linear: 241,665 parameters; "
-           "Adam lr 1e-3, batch 32, 6 epochs, random horizontal flips, inputs resized to 64 or 32 px",
-    "params": {"crop_size": 64, "difficulty": 0.4, "ae_steps": 150, "ae_batch": 32, "ae_width": 32, "ae_latent": 16,
-               "ae_lr": 2e-3, "ae_pool": 512, "scale_range": [0.25, 1.0], "inpaint_area": [0.2, 0.5],
-               "real_per_photo": 64, "fakes_per_source_per_photo": 16, "seed": 42},
-    "auc": {
-        "64px": {"mean": 0.7831, "folds": [0.824, 0.7836, 0.7417],
-                 "by_source": {"ae_transposed": 0.8311, "ae_nearest": 0.824, "ae_bilinear": 0.8309, "inpaint": 0.6464}},
-        "32px": {"mean": 0.7552, "folds": [0.8863, 0.6669, 0.7123],
-                 "by_source": {"ae_transposed": 0.7835, "ae_nearest": 0.7759, "ae_bilinear": 0.7741, "inpaint": 0.6872}},
-    },
-    "other_settings_tried": {
-        "same preset built with torch_threads=2": {"64px": 0.7824, "32px": 0.8055},
-        "difficulty 0.5, ae_steps 150": {"64px": 0.7725, "32px": 0.7295},
-        "difficulty 0.0, ae_steps 100 (in-memory replica)": {"64px": 0.8594},
-        "difficulty 0.5, ae_steps 100 (in-memory replica)": {"64px": 0.8016},
-    },
-    "summary": "Default preset (difficulty 0.4, 150 AE steps), geometry shortcut off: a 242k-parameter CNN trained "
-               "6 epochs on 6 photographs reaches held-out-photo AUC 0.78 at 64 px (folds 0.74-0.82) and 0.76 at "
-               "32 px (folds 0.67-0.89): between chance and perfection. inpaint is the hardest source (AUC 0.65-0.69).",
-}
 
 
 # ----------------------------------------------------------------------------- parameters and cache
@@ -168,7 +149,10 @@ def _torch_gen(seed: int, purpose: str) -> torch.Generator:
 
 # ----------------------------------------------------------------------------- photographs and crops
 def load_photos() -> dict[str, list[Image.Image]]:
-    """RGB photographs shipped in installed packages; one group per scene (stereo views share one)."""
+    """RGB photographs shipped in installed packages (`PHOTOS`); one list of views per scene (stereo views share one).
+
+    Greyscale photographs (`GREYSCALE`) get three equal channels.
+    """
     from matplotlib import cbook
     from skimage import data
     from sklearn.datasets import load_sample_images
@@ -178,14 +162,23 @@ def load_photos() -> dict[str, list[Image.Image]]:
     left, right, _ = data.stereo_motorcycle()
     with Image.open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)) as im:
         hopper = np.asarray(im.convert("RGB"))
-    arrays = {
-        "astronaut": [data.astronaut()], "chelsea": [data.chelsea()], "coffee": [data.coffee()],
-        "rocket": [data.rocket()], "motorcycle": [left, right],
-        "camera": [np.repeat(data.camera()[..., None], 3, axis=2)],  # greyscale -> RGB
-        "china": [by_name["china"]], "flower": [by_name["flower"]], "grace_hopper": [hopper],
-    }
-    return {name: [Image.fromarray(np.ascontiguousarray(a, dtype=np.uint8)).convert("RGB") for a in arrays[name]]
-            for name in PHOTOS}
+    arrays = {name: [getattr(data, name)()] for name, package in PHOTOS.items()
+              if package == "scikit-image" and name != "motorcycle"}
+    arrays |= {"motorcycle": [left, right], "china": [by_name["china"]], "flower": [by_name["flower"]],
+               "grace_hopper": [hopper]}
+    photos = {}
+    for name in PHOTOS:
+        views = [np.ascontiguousarray(a, dtype=np.uint8) for a in arrays[name]]
+        if (name in GREYSCALE) != all(v.ndim == 2 for v in views):
+            raise ValueError(f"photograph {name!r}: GREYSCALE says {name in GREYSCALE}, its arrays have shapes "
+                             f"{[v.shape for v in views]}")
+        photos[name] = [Image.fromarray(v).convert("RGB") for v in views]   # grey: three equal channels
+    return photos
+
+
+def to_grey(images: np.ndarray) -> np.ndarray:
+    """(N, H, W, 3) float images with their luma (ITU-R 601) in all three channels."""
+    return np.repeat((images.astype(np.float32) @ _LUMA)[..., None], 3, axis=-1)
 
 
 def sample_crops(views: list[Image.Image], n: int, out_w: int, out_h: int, scale_range, rng: np.random.Generator) -> np.ndarray:
@@ -346,21 +339,33 @@ def _card_markdown(card: dict) -> str:
     p, c = card["params"], card["counts"]
     size = p["crop_size"]
     real_shape = f"{round(p['aspect'] * size)}x{size}" if p["geometry_shortcut"] else f"{size}x{size}"
-    cal = card["calibration"]
+    photos = card["photos"]
+    grey = [ph["name"] for ph in photos if ph["greyscale"]]
     lines = [
         f"# Embedded dataset `{card['name']}`",
         "",
         f"Built offline by `lib.data.embedded.build_embedded` (preset `{p['preset']}`, seed {p['seed']}, builder v{p['builder_version']}).",
         "",
         "## Real (label 0)",
-        f"Crops of {len(PHOTOS)} photographs shipped in installed packages ({', '.join(PHOTOS)}); one group per photograph "
-        f"(both stereo views of the motorcycle are one group). Random positions, random down-scale in {p['scale_range']}.",
+        f"{p['real_per_photo']} crops of each of {len(photos)} photographs shipped in installed packages; one group per "
+        f"photograph (both stereo views of the motorcycle are one group). Random positions, random down-scale in "
+        f"{p['scale_range']}.",
+        "",
+        "| photograph | package | greyscale | views |",
+        "|---|---|---|---|",
+        *[f"| {ph['name']} | {ph['package']} | {'yes' if ph['greyscale'] else 'no'} | {ph['views']} |" for ph in photos],
+        "",
+        f"Greyscale photographs ({len(grey)}: {', '.join(grey)}) are stored as RGB with three equal channels, and the "
+        "fakes made from them are converted to grey the same way, so colour does not reveal the label.",
         "",
         "## Fake (label 1)",
-        "- `ae_transposed`, `ae_nearest`, `ae_bilinear`: square crops of the same photographs reconstructed by small conv "
-        f"autoencoders trained at build time ({p['ae_steps']} Adam steps), differing only in the decoder up-sampler.",
-        f"- `inpaint`: square real crops where a rectangle covering {p['inpaint_area']} of the area is replaced by a reconstruction.",
-        "- `dcgan_faces`: faces from the DCGAN in `gan-face-generate` (each face its own group): an unseen, content-different generator.",
+        f"{p['fakes_per_photo']} square crops of each photograph, dealt in turn to four sources (so each photograph's group "
+        "holds as many fakes as real crops):",
+        "- `ae_transposed`, `ae_nearest`, `ae_bilinear`: crops reconstructed by small conv autoencoders trained at build "
+        f"time ({p['ae_steps']} Adam steps), differing only in the decoder up-sampler.",
+        f"- `inpaint`: crops where a rectangle covering {p['inpaint_area']} of the area is replaced by a reconstruction.",
+        f"- `dcgan_faces`: {p['dcgan_count']} faces from the DCGAN in `gan-face-generate` (each face its own group): an "
+        "unseen, content-different generator.",
         "",
         f"Difficulty {p['difficulty']}: published fake = crop + (1 - difficulty) x (reconstruction - crop).",
         "",
@@ -370,29 +375,18 @@ def _card_markdown(card: dict) -> str:
         + (f" (reals JPEG quality {p['jpeg_quality']}, fakes PNG)" if p["compression"] == "real_jpeg" else ""),
         "",
         "## Counts",
-        "| source | label | images |",
-        "|---|---|---|",
-        *[f"| {s} | {int(s != 'real')} | {n} |" for s, n in c["by_source"].items()],
-        f"| **total** | | {c['total']} |",
+        "| source | label | images | groups |",
+        "|---|---|---|---|",
+        *[f"| {s} | {int(s != 'real')} | {n} | {c['groups_by_source'][s]} |" for s, n in c["by_source"].items()],
+        f"| **total** | | {c['total']} | {c['groups']} |",
         "",
-        "## Calibration",
-        f"{cal.get('summary', cal.get('status', ''))}",
-        f"Applies to this build: {card['calibration_applies']}.",
-        "",
-        f"Overall checksum (sha256 of every file's sha256): `{card['checksum']}`.",
+        f"Built in {card['build_seconds']} s. Overall checksum (sha256 of every file's sha256): `{card['checksum']}`.",
         "",
     ]
     return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- build
-def _calibration_applies(params: dict[str, Any]) -> bool:
-    measured = CALIBRATION.get("params")
-    if not measured:
-        return False
-    return all(params.get(k) == v for k, v in measured.items() if k not in ("geometry_shortcut", "compression"))
-
-
 def build_embedded(preset: str = "default", seed: int = DEFAULT_SEED, out_dir: Path | None = None,
                    force: bool = False, progress: bool = True, **overrides: Any) -> Path:
     """Build (or reuse) the embedded dataset and return its folder.
@@ -484,25 +478,42 @@ def _autoencoder_pool(photos: dict[str, np.ndarray], params: dict[str, Any]) -> 
     return np.concatenate([sample_crops(v, per_photo, size, size, params["scale_range"], rng) for v in photos.values()])
 
 
+def fake_counts(params: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """source -> photograph -> number of fakes: each photograph's `fakes_per_photo` crops dealt to the four
+    photo-based sources in turn, starting one source later for each photograph."""
+    counts = {src: {p: 0 for p in PHOTOS} for src in PHOTO_SOURCES}
+    for i, p in enumerate(PHOTOS):
+        for j in range(params["fakes_per_photo"]):
+            counts[PHOTO_SOURCES[(i + j) % len(PHOTO_SOURCES)]][p] += 1
+    return counts
+
+
+def _reconstruct_like(model: nn.Module, crops: np.ndarray, photo: str) -> np.ndarray:
+    """Reconstructions of `crops`, grey when the photograph is (colour must not tell a fake from its real crop)."""
+    recon = reconstruct(model, crops)
+    return to_grey(recon) if photo in GREYSCALE else recon
+
+
 def _reconstruction_fakes(photos: dict[str, np.ndarray], model: nn.Module, kind: str,
                           params: dict[str, Any]) -> dict[str, np.ndarray]:
     """Fresh square crops of each photograph, reconstructed by one autoencoder and blended by difficulty."""
-    rng, size, k = _rng(params["seed"], f"fake-crops-{kind}"), params["crop_size"], params["fakes_per_source_per_photo"]
-    crops = {p: sample_crops(v, k, size, size, params["scale_range"], rng) for p, v in photos.items()}
-    return {p: blend(c, reconstruct(model, c), params["difficulty"]) for p, c in crops.items()}
+    rng, size, counts = _rng(params["seed"], f"fake-crops-{kind}"), params["crop_size"], fake_counts(params)[kind]
+    crops = {p: sample_crops(v, counts[p], size, size, params["scale_range"], rng) for p, v in photos.items()}
+    return {p: blend(c, _reconstruct_like(model, c, p), params["difficulty"]) for p, c in crops.items()}
 
 
 def _inpaint_fakes(photos: dict[str, np.ndarray], models: dict[str, nn.Module],
                    params: dict[str, Any]) -> dict[str, np.ndarray]:
     """Crops where one rectangle is replaced by a reconstruction from a randomly chosen autoencoder."""
-    rng, size, k = _rng(params["seed"], "fake-crops-inpaint"), params["crop_size"], params["fakes_per_source_per_photo"]
+    rng, size, counts = _rng(params["seed"], "fake-crops-inpaint"), params["crop_size"], fake_counts(params)["inpaint"]
     out = {}
     for p, v in photos.items():
+        k = counts[p]
         crops = sample_crops(v, k, size, size, params["scale_range"], rng)
         which = rng.integers(len(AE_SOURCES), size=k)
         recon = np.empty(crops.shape, dtype=np.float32)
         for w, kind in enumerate(AE_SOURCES):
-            recon[which == w] = reconstruct(models[kind], crops[which == w])
+            recon[which == w] = _reconstruct_like(models[kind], crops[which == w], p)
         masks = inpaint_masks(k, size, params["inpaint_area"], rng)
         out[p] = blend(crops, recon, params["difficulty"], masks)
     return out
@@ -534,18 +545,23 @@ def _write_images(folder: Path, real: dict[str, np.ndarray], fakes: dict[str, di
 
 
 def _card(name: str, params: dict[str, Any], meta: pd.DataFrame, files: dict[str, str], fake_sources: list[str],
-          real_w: int, real_jpeg: int | None, seconds: float) -> dict[str, Any]:
+          photos: dict[str, list[Image.Image]], real_w: int, real_jpeg: int | None, seconds: float) -> dict[str, Any]:
     size = params["crop_size"]
+    sources = ["real", *fake_sources]
     counts = {
         "total": len(meta),
+        "groups": int(meta["group"].nunique()),
         "by_label": {str(k): int(v) for k, v in meta["label"].value_counts().sort_index().items()},
-        "by_source": {s: int((meta["source"] == s).sum()) for s in ["real", *fake_sources]},
+        "by_source": {s: int((meta["source"] == s).sum()) for s in sources},
+        "groups_by_source": {s: int(meta.loc[meta["source"] == s, "group"].nunique()) for s in sources},
         "by_group_label": {f"{g}|{lab}": int(n) for (g, lab), n in meta[~meta["source"].eq("dcgan_faces")]
                            .groupby(["group", "label"]).size().items()},
     }
     return {
         "name": name,
         "params": params,
+        "photos": [{"name": p, "package": PHOTOS[p], "greyscale": p in GREYSCALE, "views": len(photos[p]),
+                    "size": [[v.width, v.height] for v in photos[p]]} for p in PHOTOS],
         "counts": counts,
         "image_size": {"real": [real_w, size], "fake": [size, size], "format_real": "JPEG" if real_jpeg else "PNG",
                        "format_fake": "PNG"},
@@ -554,8 +570,6 @@ def _card(name: str, params: dict[str, Any], meta: pd.DataFrame, files: dict[str
         "versions": {"torch": torch.__version__, "numpy": np.__version__, "pillow": PIL.__version__,
                      "python": platform.python_version()},
         "build_seconds": round(seconds, 2),
-        "calibration": CALIBRATION,
-        "calibration_applies": _calibration_applies(params),
     }
 
 
@@ -599,4 +613,4 @@ def _build_into(folder: Path, params: dict[str, Any], name: str, progress: bool)
     meta.to_csv(folder / "metadata.csv", index=False, lineterminator="\n")
     files = {rel: sha256_file(folder / rel) for rel in [*meta["path"], "metadata.csv"]}
     steps.close()
-    return _card(name, params, meta, files, fake_sources, real_w, real_jpeg, time.perf_counter() - start)
+    return _card(name, params, meta, files, fake_sources, photos, real_w, real_jpeg, time.perf_counter() - start)

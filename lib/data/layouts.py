@@ -1,33 +1,42 @@
-"""Layout readers: a dataset folder -> one row per candidate image file (path, label, source, group, orig_split).
+r"""Layout readers: a dataset folder -> one row per candidate image file (path, label, source, group, orig_split).
 
 Each reader only walks the tree and interprets folder names; nothing is decoded here (lib.data.manifest does that).
 Files whose extension is not an image extension are left out and listed in ``df.attrs["ignored"]``
 (a list of ``{"path", "reason"}`` dicts) so the manifest can report them.
 
+``group`` ties images that must never be split apart. A file name shared by a real and a fake image is evidence of
+shared content only where the dataset was built that way (DeepFakeFace); elsewhere each file is its own group, and
+near-duplicate content is found from the pixels instead (lib.data.manifest merges such groups). ``group_regex``
+(``read_layout``) overrides every layout: the capture groups of its first match in the path relative to the root,
+joined with "/" (a path it does not match raises).
+
 Layouts (``label`` is always 1 = fake, 0 = real):
 
 - ``embedded``: ``metadata.csv`` (path relative to the folder, label, source, group[, orig_split]) written by
-  lib.data.embedded, usually with ``card.json``.
+  lib.data.embedded, usually with ``card.json``. group = the ``group`` column (the photograph a crop comes from).
 - ``deepfakeface`` (DeepFakeFace, OpenRL/DeepFakeFace): ``wiki/`` real photos and the fakes ``inpainting/``,
   ``insight/``, ``text2img/`` with the same sub-structure. source = folder name; group = relative path inside the
-  folder without extension, so a real photo and its fakes stay together.
+  folder without extension: the fakes were made from the real photo of the same name, so they stay together.
 - ``cifake``: ``train|test/REAL|FAKE/*`` (upper-case class folders, as published). CIFAKE's own class indices are
   0 = FAKE, 1 = REAL; here label 1 = fake. source "cifar10" (REAL) or "sd14" (FAKE). The fakes were generated from
   text prompts, not from the real images, so a shared file name (``1234 (2).jpg`` in REAL and FAKE) does not mean
-  shared content: group = ``<split>/<class>/<stem>``, one group per file.
+  shared content: group = the file's path relative to the root.
 - ``forensynths`` (ForenSynths / CNNDetection): ``[<split>/]<generator>/[<class>/]0_real|1_fake/*``.
   source = generator for fakes and ``<generator>_real`` for reals (each generator's reals come from a different photo
-  collection: LSUN, ImageNet, CelebA..., which a source analysis must be able to tell apart); group =
-  ``generator/class/stem``. The ProGAN training/validation sets put the 20 LSUN classes directly under the split
-  (``train/airplane/0_real``): a single level named like one of those classes is read as generator "progan".
+  collection: LSUN, ImageNet, CelebA..., which a source analysis must be able to tell apart); group = the file's
+  path relative to the root (the numbered files of 0_real and 1_fake are not pairs). The ProGAN training/validation
+  sets put the 20 LSUN classes directly under the split (``train/airplane/0_real``): a single level named like one
+  of those classes is read as generator "progan".
 - ``generic``: ``[<split>/]{real,fake}/*`` (case-insensitive; ``0_real``/``1_fake`` too). source = "real"/"fake",
-  or the first sub-folder below real/fake (``fake/<generator>/...`` -> source ``<generator>``); group = file stem
-  (so aligned datasets, where a fake reuses its real photo's name, keep both together).
+  or the first sub-folder below real/fake (``fake/<generator>/...`` -> source ``<generator>``); group = the file's
+  path relative to the root (``real/1.jpg`` and ``fake/1.jpg`` are different images). For an aligned dataset whose
+  fakes reuse their real photo's name, pass e.g. ``group_regex=r"([^/]+)\.\w+$"`` (the file stem).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Callable
 
@@ -141,7 +150,7 @@ def read_cifake(root: Path) -> pd.DataFrame:
             for path in images:
                 rows.append({"path": path.as_posix(), "label": int(cls == "FAKE"),
                              "source": "sd14" if cls == "FAKE" else "cifar10",
-                             "group": f"{split}/{cls}/{path.stem}", "orig_split": split})
+                             "group": path.relative_to(root).as_posix(), "orig_split": split})
     return _frame(rows, ignored)
 
 
@@ -176,7 +185,7 @@ def read_forensynths(root: Path) -> pd.DataFrame:
         label = int(parts[label_at[-1]].lower() == "1_fake")
         rows.append({"path": path.as_posix(), "label": label,
                      "source": generator if label else f"{generator}_real",
-                     "group": "/".join(p for p in (generator, cls, path.stem) if p), "orig_split": split})
+                     "group": path.relative_to(root).as_posix(), "orig_split": split})
     return _frame(rows, ignored)
 
 
@@ -209,8 +218,8 @@ def read_generic(root: Path) -> pd.DataFrame:
         split, label = class_dirs[parts[:depth]]
         below = parts[depth:]
         source = below[0] if len(below) > 1 else ("fake" if label else "real")
-        rows.append({"path": path.as_posix(), "label": label, "source": source, "group": path.stem,
-                     "orig_split": split})
+        rows.append({"path": path.as_posix(), "label": label, "source": source,
+                     "group": path.relative_to(root).as_posix(), "orig_split": split})
     return _frame(rows, ignored)
 
 
@@ -281,10 +290,32 @@ def detect_layout(root: str | Path) -> str:
                       f"{_expectations()}\nArrange the folder like one of them or pass layout=<name>.")
 
 
-def read_layout(root: str | Path, layout: str = "auto") -> pd.DataFrame:
+def regex_groups(paths: list[str], root: Path, group_regex: str) -> list[str]:
+    """Group of each path: the capture groups of ``group_regex``'s first match in the path relative to ``root``,
+    joined with "/"."""
+    try:
+        pattern = re.compile(group_regex)
+    except re.error as exc:
+        raise LayoutError(f"group_regex {group_regex!r} is not a valid regular expression: {exc}") from None
+    if pattern.groups < 1:
+        raise LayoutError(f"group_regex {group_regex!r} has no capture group; wrap the part that names the group "
+                          f"in parentheses, e.g. r\"([^/]+)\\.\\w+$\" for the file stem")
+    out = []
+    for path in paths:
+        relative = Path(path).relative_to(root).as_posix()
+        match = pattern.search(relative)
+        if match is None or all(g is None for g in match.groups()):
+            raise LayoutError(f"group_regex {group_regex!r} does not match {relative!r} (paths are relative to "
+                              f"{root}); every image needs a group")
+        out.append("/".join(g for g in match.groups() if g is not None))
+    return out
+
+
+def read_layout(root: str | Path, layout: str = "auto", group_regex: str = "") -> pd.DataFrame:
     """Rows (path absolute POSIX, label, source, group, orig_split) of ``root`` read as ``layout`` ("auto" detects).
 
-    ``df.attrs["layout"]`` holds the layout used, ``df.attrs["ignored"]`` the non-image files left out.
+    ``group_regex`` replaces the layout's groups (see the module docstring). ``df.attrs["layout"]`` holds the layout
+    used, ``df.attrs["ignored"]`` the non-image files left out.
     """
     root = Path(root).resolve()
     if not root.is_dir():
@@ -294,5 +325,7 @@ def read_layout(root: str | Path, layout: str = "auto") -> pd.DataFrame:
     if layout not in LAYOUTS:
         raise LayoutError(f"unknown layout {layout!r}; choose 'auto' or one of:\n{_expectations()}")
     df = LAYOUTS[layout][0](root)
+    if group_regex:
+        df["group"] = regex_groups(df["path"].tolist(), root, group_regex)
     df.attrs["layout"] = layout
     return df

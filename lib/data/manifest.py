@@ -1,35 +1,46 @@
 """Dataset folder -> manifest: one row per usable image, every file decoded once, every bad file reported.
 
-The manifest (columns in ``MANIFEST_COLUMNS``, see the shared data contract) is cached as parquet under
-``cache_dir/manifests/`` keyed by the folder, the layout, each file's size and modification time and the layout's
-labels, so a second call only walks the tree and a changed tree is rebuilt.
+The manifest (columns in ``MANIFEST_COLUMNS``, see the shared data contract, plus ``phash``, the image's 64-bit
+perceptual hash in hex) is cached as parquet under ``cache_dir/manifests/`` keyed by the folder, the layout, each
+file's size and modification time and the layout's labels and groups, so a second call only walks the tree and a
+changed tree is rebuilt.
 
-Byte-identical files are found through their sha256: copies that carry different labels are contradictory and are
-skipped; copies in different groups get their groups merged, because a duplicate split across training and test
-would leak the answer.
+Groups are merged before anything is split, because an image shared by two groups would leak across a split:
+byte-identical files (same sha256) always, and near-duplicates (perceptual hashes within
+``near_duplicate_distance`` bits, ``lib.data.duplicates``) unless ``merge_near_duplicates=False``. Byte-identical
+copies that carry different labels are contradictory and are skipped. ``build_manifest_tables`` also returns the
+merges made (one linking image pair per merge); ``build_manifest`` returns the manifest and the skipped files.
 """
 
 from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 from tqdm.auto import tqdm
 
 from lib.fileio import read_table, stable_hash, write_table
+from lib.data.duplicates import from_hex, merge_groups, phash, to_hex
 from lib.data.imageio import MAX_PIXELS, MIN_SIDE, ImageError, read_image
 from lib.data.layouts import read_layout
 from lib.paths import CACHE_DIR
 
 MANIFEST_COLUMNS = ["path", "label", "source", "group", "width", "height", "format", "mode", "bytes", "sha256",
-                    "jpeg_quality", "orig_split"]
+                    "jpeg_quality", "orig_split", "phash"]
 SKIPPED_COLUMNS = ["path", "reason"]
-_CACHE_VERSION = 1   # bump when the manifest's content rules change, so old caches are not reused
+NEAR_DUPLICATE_DISTANCE = 4   # bits of the 64-bit perceptual hash
+_CACHE_VERSION = 2   # bump when the manifest's content rules change, so old caches are not reused
+
+
+@dataclass
+class ManifestTables:
+    manifest: pd.DataFrame   # MANIFEST_COLUMNS, groups merged
+    skipped: pd.DataFrame    # SKIPPED_COLUMNS: every file left out and why
+    merges: pd.DataFrame     # lib.data.duplicates.MERGE_COLUMNS: one linking image pair per merge of two groups
 
 
 class ManifestError(ValueError):
@@ -62,30 +73,23 @@ def _inspect(path: str, max_pixels: int, min_side: int) -> dict | str:
     except ImageError as exc:
         return exc.reason
     return {"width": image.width, "height": image.height, "format": image.format, "mode": image.mode,
-            "bytes": image.bytes, "sha256": image.sha256, "jpeg_quality": image.jpeg_quality}
+            "bytes": image.bytes, "sha256": image.sha256, "jpeg_quality": image.jpeg_quality,
+            "phash": to_hex(phash(image.pixels))}
 
 
-def _resolve_duplicates(manifest: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Skip byte-identical files with conflicting labels; merge the groups of the other duplicates."""
+def _skip_conflicts(manifest: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Skip byte-identical files with conflicting labels (the groups of other copies are merged later)."""
     labels_per_hash = manifest.groupby("sha256")["label"].nunique()
     conflicting = manifest["sha256"].isin(labels_per_hash.index[labels_per_hash > 1])
     skipped = pd.DataFrame({"path": manifest.loc[conflicting, "path"],
                             "reason": "byte-identical copy of a file with the other label"})
-    manifest = manifest.loc[~conflicting].reset_index(drop=True)
-    if manifest.empty:
-        return manifest, skipped
+    return manifest.loc[~conflicting].reset_index(drop=True), skipped
 
-    # Groups and hashes as nodes of one graph, an edge per row: connected groups must stay together.
-    group_codes, group_names = pd.factorize(manifest["group"])
-    hash_codes, _ = pd.factorize(manifest["sha256"])
-    n_groups = len(group_names)
-    n_nodes = n_groups + int(hash_codes.max(initial=-1)) + 1
-    graph = coo_matrix((np.ones(len(manifest)), (group_codes, n_groups + hash_codes)), shape=(n_nodes, n_nodes))
-    _, component = connected_components(graph, directed=False)
-    # Each merged group takes the smallest name among its members, so names stay readable and deterministic.
-    names = pd.Series(np.asarray(group_names, dtype=object)).groupby(component[:n_groups]).transform("min")
-    manifest["group"] = names.to_numpy()[group_codes]
-    return manifest, skipped
+
+def _merge(manifest: pd.DataFrame, near_duplicates: bool, max_distance: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    hashes = from_hex(manifest["phash"]) if near_duplicates else None
+    groups, merges = merge_groups(manifest, hashes, max_distance)
+    return manifest.assign(group=groups), merges
 
 
 def _check_classes(manifest: pd.DataFrame, layout_labels: set[int], skipped: pd.DataFrame, root: Path) -> None:
@@ -107,16 +111,30 @@ def _check_classes(manifest: pd.DataFrame, layout_labels: set[int], skipped: pd.
 
 def build_manifest(root: str | Path, layout: str = "auto", cache_dir: str | Path | None = CACHE_DIR,
                    progress: bool = True, workers: int | None = None, max_pixels: int = MAX_PIXELS,
-                   min_side: int = MIN_SIDE) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(manifest, skipped) for the dataset at ``root``; ``skipped`` lists (path, reason) of every file left out.
+                   min_side: int = MIN_SIDE, group_regex: str = "", merge_near_duplicates: bool = True,
+                   near_duplicate_distance: int = NEAR_DUPLICATE_DISTANCE) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(manifest, skipped) of ``build_manifest_tables`` (same arguments)."""
+    tables = build_manifest_tables(root, layout, cache_dir, progress, workers, max_pixels, min_side, group_regex,
+                                   merge_near_duplicates, near_duplicate_distance)
+    return tables.manifest, tables.skipped
 
-    ``workers`` decoding threads (PIL and hashlib release the GIL); default: the number of CPU cores, at most 8.
-    ``cache_dir=None`` disables the cache.
+
+def build_manifest_tables(root: str | Path, layout: str = "auto", cache_dir: str | Path | None = CACHE_DIR,
+                          progress: bool = True, workers: int | None = None, max_pixels: int = MAX_PIXELS,
+                          min_side: int = MIN_SIDE, group_regex: str = "", merge_near_duplicates: bool = True,
+                          near_duplicate_distance: int = NEAR_DUPLICATE_DISTANCE) -> ManifestTables:
+    """Manifest, skipped files and group merges of the dataset at ``root``.
+
+    ``group_regex`` overrides the layout's groups (``lib.data.layouts.read_layout``). Groups sharing a byte-identical
+    file are always merged; groups sharing near-duplicates (perceptual hashes within ``near_duplicate_distance``
+    bits) too, unless ``merge_near_duplicates=False``. ``workers`` decoding threads (PIL and hashlib release the
+    GIL); default: the number of CPU cores, at most 8. ``cache_dir=None`` disables the cache.
     """
     root = Path(root).resolve()
-    rows = read_layout(root, layout)
+    rows = read_layout(root, layout, group_regex=group_regex)
     layout = rows.attrs["layout"]
     ignored = pd.DataFrame(rows.attrs.get("ignored", []), columns=SKIPPED_COLUMNS)
+    labels = set(rows["label"].unique().tolist())
 
     cache_path = None
     if cache_dir is not None:
@@ -124,9 +142,10 @@ def build_manifest(root: str | Path, layout: str = "auto", cache_dir: str | Path
         cache_path = Path(cache_dir) / "manifests" / f"{root.name}-{key}.parquet"
         skipped_path = cache_path.with_suffix(".skipped.parquet")
         if cache_path.exists() and skipped_path.exists():
-            manifest, skipped = read_table(cache_path), read_table(skipped_path)
-            _check_classes(manifest, set(rows["label"].unique().tolist()), skipped, root)
-            return manifest, skipped
+            unmerged, skipped = read_table(cache_path), read_table(skipped_path)
+            _check_classes(unmerged, labels, skipped, root)
+            manifest, merges = _merge(unmerged, merge_near_duplicates, near_duplicate_distance)
+            return ManifestTables(manifest, skipped, merges)
 
     workers = workers or min(8, os.cpu_count() or 1)
     paths = rows["path"].tolist()
@@ -137,18 +156,20 @@ def build_manifest(root: str | Path, layout: str = "auto", cache_dir: str | Path
     bad = pd.DataFrame({"path": [p for p, r in zip(paths, results) if not isinstance(r, dict)],
                         "reason": [r for r in results if not isinstance(r, dict)]})
     facts = pd.DataFrame([r for r in results if isinstance(r, dict)],
-                         columns=["width", "height", "format", "mode", "bytes", "sha256", "jpeg_quality"])
-    manifest = pd.concat([rows.loc[ok].reset_index(drop=True), facts], axis=1)
-    manifest = manifest.astype({"label": "int64", "width": "int64", "height": "int64", "bytes": "int64",
-                                "jpeg_quality": "float64", "source": str, "group": str, "orig_split": str})
-    manifest, conflicts = _resolve_duplicates(manifest)
-    manifest = manifest[MANIFEST_COLUMNS].reset_index(drop=True)
-    manifest.attrs = {}
+                         columns=["width", "height", "format", "mode", "bytes", "sha256", "jpeg_quality", "phash"])
+    unmerged = pd.concat([rows.loc[ok].reset_index(drop=True), facts], axis=1)
+    unmerged = unmerged.astype({"label": "int64", "width": "int64", "height": "int64", "bytes": "int64",
+                                "jpeg_quality": "float64", "source": str, "group": str, "orig_split": str,
+                                "phash": str})
+    unmerged, conflicts = _skip_conflicts(unmerged)
+    unmerged = unmerged[MANIFEST_COLUMNS].reset_index(drop=True)
+    unmerged.attrs = {}
     skipped = pd.concat([ignored, bad, conflicts], ignore_index=True)[SKIPPED_COLUMNS]
     skipped = skipped.astype({"path": str, "reason": str})
 
-    _check_classes(manifest, set(rows["label"].unique().tolist()), skipped, root)
-    if cache_path is not None:
-        write_table(cache_path, manifest)
+    _check_classes(unmerged, labels, skipped, root)
+    if cache_path is not None:   # cached before merging, so the merge settings can change without decoding again
+        write_table(cache_path, unmerged)
         write_table(skipped_path, skipped)
-    return manifest, skipped
+    manifest, merges = _merge(unmerged, merge_near_duplicates, near_duplicate_distance)
+    return ManifestTables(manifest, skipped, merges)

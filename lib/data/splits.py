@@ -2,28 +2,32 @@
 
 Order of decisions (each one only sees what the previous left):
 1. Source hold-out: groups made only of ``holdout_sources`` rows go to "holdout" whole.
-2. Test hold-out: one fold of ``StratifiedGroupKFold(round(1 / test_ratio))`` over the remaining groups. In those test
+2. Test hold-out: one of ``round(1 / test_ratio)`` group folds (below) over the remaining groups. In those test
    groups, rows of held-out sources are "holdout" (evaluation only, like test); in the other groups they are
    "unused", because training on a photo and evaluating on its held-out fake would share content.
 3. Subsample: whole groups of the trainval part, stratified by the groups' label mix; the rest is "unused".
-4. k folds: ``StratifiedGroupKFold(n_folds)`` over trainval. ``n_folds == 1``: one validation part of about
-   ``val_ratio`` (fold 0); the other trainval rows get fold -1, i.e. training-only (fold 0's training part is
-   "trainval rows with fold != 0", as for every fold).
+4. k folds over trainval. ``n_folds == 1``: one validation part of about ``val_ratio`` (fold 0); the other trainval
+   rows get fold -1, i.e. training-only (fold 0's training part is "trainval rows with fold != 0", as for every fold).
 
-Stratification uses label x source when every such stratum has enough groups for the number of splits, else the
-label alone. No group is ever shared between a training/validation part and test or holdout, nor between a fold's
-training and validation parts (``split_summary`` reports the counts). Test and holdout may share groups: both are
-evaluation-only (e.g. a real photo in test and its held-out fake).
+Group folds: the group is the unit of inference, so groups (not images) are stratified. Each group's stratum is its
+label mix (real only, fake only, both) and, when every such stratum spans at least as many groups as there are
+folds, its set of sources too. Groups are dealt in a seeded random order (larger groups first) to the fold with the
+fewest groups of their stratum, then the fewest images: every fold gets as many groups of each stratum as possible
+(counts differ by at most one), e.g. as many real photographs. No group is ever shared between a training/validation
+part and test or holdout, nor between a fold's training and validation parts. Test and holdout may share groups: both
+are evaluation-only (e.g. a real photo in test and its held-out fake). ``make_splits`` warns (``SplitWarning``) when
+the test hold-out or a validation part holds fewer than ``MIN_EVAL_GROUPS`` groups of a class, and
+``split_summary`` reports the real and fake groups of every part.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold
 
 from lib.fileio import read_table, stable_hash, write_table
 from lib.data.manifest import manifest_fingerprint
@@ -31,36 +35,59 @@ from lib.paths import CACHE_DIR
 
 SPLIT_COLUMNS = ["sha256", "split", "fold"]
 ROLES = ("trainval", "test", "holdout", "unused")
-_VERSION = 1   # bump when the algorithm changes, so cached tables are recomputed
+MIN_EVAL_GROUPS = 2   # fewer real (or fake) groups in an evaluation part make its numbers anecdotes
+_VERSION = 2   # bump when the algorithm changes, so cached tables are recomputed
 
 
 class SplitError(ValueError):
     """The requested split cannot be made from this manifest."""
 
 
+class SplitWarning(UserWarning):
+    """The split was made, but an evaluation part holds too few groups of a class."""
+
+
 # --- helpers ------------------------------------------------------------------------------------------------
 
-def _strata(frame: pd.DataFrame, n_splits: int) -> np.ndarray:
-    """label x source codes if every stratum spans at least ``n_splits`` groups, else label codes."""
-    combined = frame["label"].astype(str) + "|" + frame["source"].astype(str)
-    groups_per_stratum = frame.groupby(combined)["group"].nunique()
-    if groups_per_stratum.min() >= n_splits:
-        return pd.factorize(combined)[0]
-    return frame["label"].to_numpy()
+def _group_strata(frame: pd.DataFrame, n_splits: int) -> pd.DataFrame:
+    """One row per group (sorted by name): size and stratum (label mix, plus the set of sources when every such
+    stratum spans at least ``n_splits`` groups and there are at most 62 sources)."""
+    per_group = frame.groupby("group", sort=True).agg(size=("label", "size"), lowest=("label", "min"),
+                                                      highest=("label", "max"))
+    mix = per_group["lowest"].astype(str) + "+" + per_group["highest"].astype(str)   # 0+0, 0+1, 1+1
+    per_group["stratum"] = mix
+    codes, names = pd.factorize(frame["source"], sort=True)
+    if len(names) <= 62:   # a group's set of sources as a bit mask
+        bits = pd.DataFrame({"group": frame["group"].to_numpy(), "bit": np.left_shift(1, codes.astype(np.int64))})
+        sources = bits.drop_duplicates().groupby("group", sort=True)["bit"].sum()
+        fine = mix + "|" + sources.reindex(per_group.index).astype(str)
+        if fine.value_counts().min() >= n_splits:
+            per_group["stratum"] = fine
+    return per_group
 
 
 def _group_folds(frame: pd.DataFrame, n_splits: int, seed: int, what: str) -> np.ndarray:
-    """Fold number (0..n_splits-1) of each row of ``frame``, whole groups per fold, stratified."""
+    """Fold number (0..n_splits-1) of each row of ``frame``: whole groups, stratified groups (module docstring)."""
     n_groups = frame["group"].nunique()
     if n_groups < n_splits:
         raise SplitError(f"{what}: only {n_groups} group(s) for {n_splits} splits; every split needs at least one "
                          f"whole group. Use fewer folds or a smaller ratio.")
-    folds = np.full(len(frame), -1, dtype=np.int64)
-    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    x = np.zeros((len(frame), 1))
-    for fold, (_, val) in enumerate(splitter.split(x, _strata(frame, n_splits), frame["group"].to_numpy())):
-        folds[val] = fold
-    return folds
+    per_group = _group_strata(frame, n_splits)
+    rng = np.random.default_rng(seed)
+    shuffled = per_group.iloc[rng.permutation(len(per_group))]
+    ordered = shuffled.sort_values(["stratum", "size"], ascending=[True, False], kind="stable")
+    sizes, strata = ordered["size"].to_numpy(), ordered["stratum"].to_numpy()
+    images_in = np.zeros(n_splits, dtype=np.int64)
+    priority = rng.permutation(n_splits)   # breaks the remaining ties
+    fold_of = np.empty(len(ordered), dtype=np.int64)
+    bounds = np.flatnonzero(np.r_[True, strata[1:] != strata[:-1], True])
+    for lo, hi in zip(bounds[:-1], bounds[1:]):   # one stratum: deal its groups in rounds of one per fold
+        for start in range(lo, hi, n_splits):
+            chunk = np.arange(start, min(start + n_splits, hi))
+            folds = np.lexsort((priority, images_in))[:len(chunk)]   # largest group to the fold with fewest images
+            fold_of[chunk] = folds
+            images_in[folds] += sizes[chunk]
+    return frame["group"].map(dict(zip(ordered.index, fold_of))).to_numpy(dtype=np.int64)
 
 
 def _has_both_labels(labels: pd.Series) -> bool:
@@ -92,13 +119,14 @@ def _check_manifest(manifest: pd.DataFrame) -> None:
 
 # --- main entry ---------------------------------------------------------------------------------------------
 
-def make_splits(manifest: pd.DataFrame, n_folds: int = 5, test_ratio: float = 0.1, val_ratio: float = 0.1,
+def make_splits(manifest: pd.DataFrame, n_folds: int = 5, test_ratio: float = 0.2, val_ratio: float = 0.1,
                 seed: int = 42, subsample: float = 1.0, holdout_sources: Iterable[str] = (),
                 cache_dir: str | Path | None = CACHE_DIR) -> pd.DataFrame:
     """Split table aligned with ``manifest``: sha256, split (trainval/test/holdout/unused), fold (-1 if none).
 
     Saved as ``cache_dir/splits/<key>.csv`` (key = hash of the manifest fingerprint and these parameters) and
-    reloaded from there when present; ``cache_dir=None`` disables the cache.
+    reloaded from there when present; ``cache_dir=None`` disables the cache. Warns (``SplitWarning``) when the test
+    hold-out or a validation part holds fewer than ``MIN_EVAL_GROUPS`` real or fake groups.
     """
     _check_manifest(manifest)
     holdout_sources = sorted(set(holdout_sources))
@@ -124,12 +152,26 @@ def make_splits(manifest: pd.DataFrame, n_folds: int = 5, test_ratio: float = 0.
         if cache_path.exists():
             cached = read_table(cache_path)
             if len(cached) == len(manifest) and (cached["sha256"].to_numpy() == manifest["sha256"].to_numpy()).all():
-                return cached.astype({"sha256": str, "split": str, "fold": "int64"})[SPLIT_COLUMNS]
+                splits = cached.astype({"sha256": str, "split": str, "fold": "int64"})[SPLIT_COLUMNS]
+                _warn_few_groups(manifest, splits)
+                return splits
 
     splits = _compute_splits(manifest, **params)
     if cache_path is not None:
         write_table(cache_path, splits)
+    _warn_few_groups(manifest, splits)
     return splits
+
+
+def _warn_few_groups(manifest: pd.DataFrame, splits: pd.DataFrame) -> None:
+    summary = split_summary(manifest, splits)
+    few = summary[summary["few_groups"]]
+    if len(few):
+        parts = ", ".join(f"{'test' if r.role == 'test' else f'fold {r.fold} validation'} ({r.real_groups} real, "
+                          f"{r.fake_groups} fake)" for r in few.itertuples())
+        warnings.warn(f"evaluation parts with fewer than {MIN_EVAL_GROUPS} real or fake groups: {parts}; their "
+                      f"numbers rest on too few independent units. Use a larger test_ratio, fewer folds, or a "
+                      f"dataset with more groups.", SplitWarning, stacklevel=3)
 
 
 def _compute_splits(manifest: pd.DataFrame, n_folds: int, test_ratio: float, val_ratio: float, seed: int,
@@ -237,8 +279,10 @@ def part_indices(splits: pd.DataFrame, fold: int) -> dict[str, np.ndarray]:
 
 
 def split_summary(manifest: pd.DataFrame, splits: pd.DataFrame) -> pd.DataFrame:
-    """Per fold and role: images, real, fake, groups, sources, and ``shared_groups`` = groups the role shares with
-    a role it must be disjoint from (0 in a sound table; NA for "unused", which is never read)."""
+    """Per fold and role: images, real, fake, groups, real_groups and fake_groups (groups holding a real/fake image
+    there), sources, ``shared_groups`` = groups the role shares with a role it must be disjoint from (0 in a sound
+    table; NA for "unused", which is never read), and ``few_groups`` = a validation or test part with fewer than
+    ``MIN_EVAL_GROUPS`` real or fake groups."""
     if len(manifest) != len(splits):
         raise SplitError(f"split table has {len(splits)} rows but the manifest {len(manifest)}")
     groups = manifest["group"].to_numpy()
@@ -261,10 +305,14 @@ def split_summary(manifest: pd.DataFrame, splits: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for f, role, index, disjoint_from in parts:
         own = set(groups[index])
+        real_groups = len(set(groups[index][labels[index] == 0]))
+        fake_groups = len(set(groups[index][labels[index] == 1]))
+        evaluated = role in ("val", "test") and len(index) > 0
         rows.append({"fold": f, "role": role, "images": len(index), "real": int((labels[index] == 0).sum()),
-                     "fake": int((labels[index] == 1).sum()), "groups": len(own),
-                     "sources": len(set(sources[index])),
-                     "shared_groups": pd.NA if disjoint_from is None else len(own & disjoint_from)})
+                     "fake": int((labels[index] == 1).sum()), "groups": len(own), "real_groups": real_groups,
+                     "fake_groups": fake_groups, "sources": len(set(sources[index])),
+                     "shared_groups": pd.NA if disjoint_from is None else len(own & disjoint_from),
+                     "few_groups": evaluated and min(real_groups, fake_groups) < MIN_EVAL_GROUPS})
     summary = pd.DataFrame(rows)
     summary["shared_groups"] = summary["shared_groups"].astype("Int64")
     return summary

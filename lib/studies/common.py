@@ -11,9 +11,11 @@ from dataclasses import dataclass
 import pandas as pd
 
 from lib.data.dataset import Dataset, load_dataset
+from lib.data.manifest import NEAR_DUPLICATE_DISTANCE
 from lib.data.recipes import Recipe
 from lib.data.splits import make_splits
 from lib.training.fit import TrainConfig
+from lib.training.runstore import split_key
 
 
 @dataclass
@@ -25,11 +27,21 @@ class Study:
     def manifest(self) -> pd.DataFrame:
         return self.dataset.manifest
 
+    @property
+    def stamp(self) -> dict[str, str]:
+        """What an artefact read by a later notebook must have been made from (`lib.fileio.read_stamped_json`)."""
+        return {"dataset": self.dataset.fingerprint, "split_key": split_key(self.splits)}
+
 
 def open_study(data_root: str = "", layout: str = "auto", embedded_preset: str = "default", seed: int = 42,
-               n_folds: int = 5, test_ratio: float = 0.1, val_ratio: float = 0.1, subsample: float = 1.0,
-               holdout_sources: tuple[str, ...] = (), embedded_overrides: dict | None = None) -> Study:
-    ds = load_dataset(data_root, layout, embedded_preset, seed=seed, embedded_overrides=embedded_overrides)
+               n_folds: int = 5, test_ratio: float = 0.2, val_ratio: float = 0.1, subsample: float = 1.0,
+               holdout_sources: tuple[str, ...] = (), embedded_overrides: dict | None = None,
+               group_regex: str = "", merge_near_duplicates: bool = True,
+               near_duplicate_distance: int = NEAR_DUPLICATE_DISTANCE) -> Study:
+    """The dataset (``lib.data.dataset.load_dataset``) and its split table (``lib.data.splits.make_splits``)."""
+    ds = load_dataset(data_root, layout, embedded_preset, seed=seed, embedded_overrides=embedded_overrides,
+                      group_regex=group_regex, merge_near_duplicates=merge_near_duplicates,
+                      near_duplicate_distance=near_duplicate_distance)
     splits = make_splits(ds.manifest, n_folds=n_folds, test_ratio=test_ratio, val_ratio=val_ratio, seed=seed,
                          subsample=subsample, holdout_sources=tuple(holdout_sources))
     return Study(ds, splits)

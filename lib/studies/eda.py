@@ -1,24 +1,50 @@
 """Analyses of notebook 01 (exploratory data analysis), run before any model is trained.
 
 What is in the dataset (counts, skipped files, geometry, file formats, colours, sample images), whether metadata
-alone predict the label (shortcut probe), whether near-duplicates cross groups or split roles, how hard the task is
-for a small CNN (difficulty probe), and the conclusion lines computed from those tables.
+alone predict the label (shortcut probe, overall and per shortcut Phase 2 can neutralise), which groups were merged
+as near-duplicates and whether near-duplicates still cross groups or split roles, how hard the task is for a small
+CNN (difficulty probe), and the conclusion lines computed from those tables.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
+from lib.data.duplicates import BYTES, from_hex, near_pairs
 from lib.data.imageio import load_rgb
 from lib.report import plots
 
 META_NUMERIC = ["width", "height", "aspect", "log_bytes", "jpeg_quality", "bytes_per_pixel"]
-DIFFICULTY_COLUMNS = ["model", "fold", "epochs", "seconds", "val_auc", "test_auc", "test_accuracy", "test_n"]
+DIFFICULTY_COLUMNS = ["model", "fold", "epochs", "seconds", "val_auc", "test_auc", "test_accuracy", "test_n",
+                      "test_real_groups", "test_fake_groups"]
+
+
+@dataclass(frozen=True)
+class ShortcutFamily:
+    """A shortcut the metadata probe can flag: the features that carry it and the Phase 2 condition (notebook 04)
+    that neutralises it."""
+
+    name: str
+    features: tuple[str, ...]   # `metadata_features` columns; "format_*" = every file-format column
+    condition: str              # the Phase 2 condition's name
+    remedy: str                 # what that condition does
+    recipe: str                 # how it is built
+
+
+# The file size (log_bytes) grows with the pixel count, so it belongs to no family alone: the crop equalises what the
+# pixels carry of it, the re-encoding the rest. (lib.studies.phase2.SHORTCUTS names the same two.)
+SHORTCUT_FAMILIES = (
+    ShortcutFamily("geometry", ("width", "height", "aspect"), "center_crop",
+                   "the largest centred square, the same isotropic scaling for both classes",
+                   'Recipe(mode="center_crop")'),
+    ShortcutFamily("compression", ("bytes_per_pixel", "jpeg_quality", "format_*"), "jpeg",
+                   "every image of both classes re-encoded at one JPEG quality", "Recipe(jpeg_quality=q)"),
+)
 
 
 # ----------------------------------------------------------------------------- dataset overview
@@ -32,6 +58,12 @@ def describe_dataset(dataset: Any) -> str:
 def with_class_names(manifest: pd.DataFrame) -> pd.DataFrame:
     """The manifest plus `cls` ("real"/"fake"), the hue of every table and figure of the notebook."""
     return manifest.assign(cls=np.where(manifest["label"] == 1, "fake", "real"))
+
+
+def group_counts(manifest: pd.DataFrame) -> tuple[int, int]:
+    """(real groups, fake groups): groups holding a real / a fake image (a group holding both counts for both)."""
+    labels, groups = manifest["label"].to_numpy(), manifest["group"].to_numpy()
+    return len(set(groups[labels == 0])), len(set(groups[labels == 1]))
 
 
 def image_subset(n_images: int, max_images: int, rng: np.random.Generator) -> np.ndarray:
@@ -163,11 +195,13 @@ def shortcut_probe(
     n_folds: int = 5,
     seed: int = 42,
     features: list[str] | None = None,
+    importance: bool = True,
 ) -> dict:
     """Group-aware cross-validated AUC of a classifier that sees only metadata.
 
-    Returns per-fold AUCs, their mean with a 95 % t-interval, and `flagged` = the interval's lower bound is
-    above 0.6 (metadata alone predicts the label clearly better than chance).
+    Returns per-fold AUCs, their mean with a 95 % t-interval, `flagged` = the interval's lower bound is above 0.6
+    (metadata alone predict the label clearly better than chance) and, with `importance`, the feature importances
+    of a forest fitted on every image.
     """
     from sklearn.ensemble import RandomForestClassifier
     from sklearn.model_selection import StratifiedGroupKFold, cross_val_score
@@ -184,14 +218,42 @@ def shortcut_probe(
     clf = RandomForestClassifier(n_estimators=200, min_samples_leaf=2, random_state=seed, n_jobs=-1)
     aucs = cross_val_score(clf, X, y, groups=groups, cv=cv, scoring="roc_auc")
     summary = summarize(aucs)
-    clf.fit(X, y)
-    importance = pd.Series(clf.feature_importances_, index=X.columns).sort_values(ascending=False)
-    return {
+    out = {
         "fold_auc": aucs.tolist(),
         **{f"auc_{k}": v for k, v in summary.items()},
         "flagged": bool(summary["ci_low"] > 0.6) if np.isfinite(summary["ci_low"]) else bool(summary["mean"] > 0.6),
-        "importance": importance,
     }
+    if importance:
+        clf.fit(X, y)
+        out["importance"] = pd.Series(clf.feature_importances_, index=X.columns).sort_values(ascending=False)
+    return out
+
+
+def family_features(manifest: pd.DataFrame, family: ShortcutFamily) -> list[str]:
+    """The metadata columns of `family` present for this manifest ("format_*" expands to every format column)."""
+    columns = list(metadata_features(manifest).columns)
+    out = []
+    for feature in family.features:
+        out += [c for c in columns if c.startswith(feature[:-1])] if feature.endswith("*") else [feature]
+    return out
+
+
+def shortcut_families(manifest: pd.DataFrame, n_folds: int = 5, seed: int = 42) -> pd.DataFrame:
+    """The probe restricted to each shortcut family Phase 2 can neutralise (`SHORTCUT_FAMILIES`): one row per family
+    with its features, AUC, flag and neutralising condition. Features with a single value carry no label information
+    and are left out; a family without any other feature is not probed (AUC NaN, not flagged)."""
+    values = metadata_features(manifest)
+    rows = []
+    for family in SHORTCUT_FAMILIES:
+        varying = [c for c in family_features(manifest, family) if values[c].nunique() > 1]
+        row = {"shortcut": family.name, "features": ", ".join(varying), "auc_mean": np.nan, "auc_ci_low": np.nan,
+               "auc_ci_high": np.nan, "flagged": False}
+        if varying:
+            probe = shortcut_probe(manifest, n_folds=n_folds, seed=seed, features=varying, importance=False)
+            row |= {k: probe[k] for k in ("auc_mean", "auc_ci_low", "auc_ci_high", "flagged")}
+        rows.append(row | {"neutraliser": family.condition, "neutraliser_text": family.remedy,
+                           "recipe": family.recipe})
+    return pd.DataFrame(rows)
 
 
 def probe_table(probe: dict) -> pd.DataFrame:
@@ -201,40 +263,11 @@ def probe_table(probe: dict) -> pd.DataFrame:
 
 def probe_record(probe: dict) -> dict:
     """The probe as JSON-ready values (importance as a feature -> weight mapping)."""
-    return {k: v for k, v in probe.items() if k != "importance"} | {"importance": probe["importance"].to_dict()}
+    record = {k: v for k, v in probe.items() if k != "importance"}
+    return record | ({"importance": probe["importance"].to_dict()} if "importance" in probe else {})
 
 
 # ----------------------------------------------------------------------------- near-duplicates
-
-def perceptual_hashes(images, progress: bool = True) -> np.ndarray:
-    """64-bit perceptual hash (imagehash.phash) of each image, as uint64."""
-    import imagehash
-    from PIL import Image
-
-    out = []
-    for img in tqdm(images, desc="perceptual hashes", disable=not progress, leave=False):
-        bits = imagehash.phash(Image.fromarray(img)).hash.flatten()
-        out.append(np.packbits(bits).view(">u8")[0])
-    return np.asarray(out, dtype=np.uint64)
-
-
-def _popcount64(x: np.ndarray) -> np.ndarray:
-    return np.unpackbits(x.view(np.uint8).reshape(*x.shape, 8), axis=-1).sum(axis=-1)
-
-
-def near_duplicates(hashes: np.ndarray, max_distance: int = 4, chunk: int = 2048) -> pd.DataFrame:
-    """All pairs (i < j) whose perceptual hashes differ in at most `max_distance` bits (chunked, vectorised)."""
-    hashes = np.asarray(hashes, dtype=np.uint64)
-    pairs = []
-    for start in range(0, len(hashes), chunk):
-        block = hashes[start:start + chunk]
-        dist = _popcount64(block[:, None] ^ hashes[None, :])
-        i, j = np.nonzero(dist <= max_distance)
-        i = i + start
-        keep = i < j
-        pairs.append(pd.DataFrame({"i": i[keep], "j": j[keep], "distance": dist[i[keep] - start, j[keep]]}))
-    return pd.concat(pairs, ignore_index=True) if pairs else pd.DataFrame(columns=["i", "j", "distance"])
-
 
 def duplicate_report(manifest: pd.DataFrame, splits: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
     """Near-duplicate pairs annotated with whether they cross groups and cross split roles/folds (leakage)."""
@@ -250,14 +283,17 @@ def duplicate_report(manifest: pd.DataFrame, splits: pd.DataFrame, pairs: pd.Dat
     return out
 
 
-def dataset_near_duplicates(manifest: pd.DataFrame, splits: pd.DataFrame, rows: np.ndarray,
-                            max_distance: int = 4) -> pd.DataFrame:
-    """`duplicate_report` of the near-duplicate pairs among the images at `rows` (pairs index manifest rows)."""
-    hashes = perceptual_hashes(load_rgb(p) for p in manifest["path"].to_numpy()[rows])
-    pairs = near_duplicates(hashes, max_distance=max_distance)
-    if len(pairs):  # hashes are numbered within the subset: map them back to manifest rows
-        pairs[["i", "j"]] = rows[pairs[["i", "j"]].to_numpy()]
-    return duplicate_report(manifest, splits, pairs)
+def dataset_near_duplicates(manifest: pd.DataFrame, splits: pd.DataFrame, max_distance: int = 4) -> pd.DataFrame:
+    """`duplicate_report` of every pair of images whose perceptual hashes (the manifest's `phash`) differ in at most
+    `max_distance` bits; `i`, `j` are manifest rows."""
+    return duplicate_report(manifest, splits, near_pairs(from_hex(manifest["phash"]), max_distance))
+
+
+def merge_summary(merges: pd.DataFrame) -> pd.DataFrame:
+    """Group merges made before splitting, per kind of link: merges and the groups they produced."""
+    if merges.empty:
+        return pd.DataFrame(columns=["kind", "merges", "merged_groups"])
+    return merges.groupby("kind").agg(merges=("new_group", "size"), merged_groups=("new_group", "nunique")).reset_index()
 
 
 def duplicate_summary(duplicates: pd.DataFrame) -> pd.DataFrame:
@@ -273,13 +309,16 @@ def duplicate_summary(duplicates: pd.DataFrame) -> pd.DataFrame:
 # ----------------------------------------------------------------------------- difficulty, card, conclusions
 
 def difficulty_probe(dataset: Any, splits: pd.DataFrame, model: str, size: int, epochs: int, seed: int) -> pd.DataFrame:
-    """Fold 0 of `model` trained briefly on centre crops (no geometry shortcut), scored on the test hold-out."""
+    """Fold 0 of `model` trained briefly on centre crops (no geometry shortcut), scored on the test hold-out; with the
+    real and fake groups of the test hold-out that stand behind its number."""
     from lib.data.recipes import Recipe
     from lib.training.fit import TrainConfig
     from lib.training.runstore import run_cv
 
     config = TrainConfig(epochs=epochs, batch_size=32, lr=1e-3, t_max=epochs, seed=seed)
-    return run_cv(dataset, splits, Recipe(size=size, mode="center_crop"), model, config, folds=[0])
+    table = run_cv(dataset, splits, Recipe(size=size, mode="center_crop"), model, config, folds=[0])
+    real_groups, fake_groups = group_counts(dataset.manifest[(splits["split"] == "test").to_numpy()])
+    return table.assign(test_real_groups=real_groups, test_fake_groups=fake_groups)
 
 
 def planted_shortcuts(card: dict | None) -> dict:
@@ -296,20 +335,58 @@ def difficulty_band(auc: float) -> str:
     return "near chance" if auc < 0.6 else "near perfect"
 
 
-def conclusions(manifest: pd.DataFrame, skipped: pd.DataFrame, geometry: pd.DataFrame, probe: dict, planted: dict,
-                difficulty: pd.DataFrame, duplicates: pd.DataFrame, max_distance: int) -> list[str]:
-    """The notebook's conclusion lines, computed from its tables (`duplicates` is the `duplicate_summary` row)."""
+def _short_side(manifest: pd.DataFrame, label: int) -> float:
+    part = manifest[manifest["label"] == label]
+    return float(np.minimum(part["width"], part["height"]).median())
+
+
+def shortcut_caveats(manifest: pd.DataFrame, probe: dict, families: pd.DataFrame) -> list[str]:
+    """What a flagged metadata shortcut means for the CNN difficulty probe, and the Phase 2 condition that
+    neutralises it (empty when the probe flagged nothing)."""
+    flagged = families[families["flagged"]]
+    if not probe["flagged"] and flagged.empty:
+        return []
+    if flagged.empty:   # only the features together separate the classes: every neutraliser applies
+        flagged = families[families["features"] != ""]
+    lines = []
+    for row in flagged.itertuples():
+        condition = f"Phase 2 condition `{row.neutraliser}` ({row.neutraliser_text}; {row.recipe})"
+        real_side, fake_side = _short_side(manifest, 0), _short_side(manifest, 1)
+        if row.shortcut == "geometry" and real_side == fake_side:
+            lines.append(f"Geometry shortcut flagged; the CNN probe already trains and scores on centre crops, "
+                         f"{condition}, which give both classes the same size and scale here (median short side "
+                         f"{real_side:.0f} px), so its AUC does not rest on geometry.")
+            continue
+        extra = (f" (the probe's centre crops remove the aspect ratio, not the difference in resolution: median short "
+                 f"side {real_side:.0f} px real vs {fake_side:.0f} px fake)" if row.shortcut == "geometry" else "")
+        lines.append(f"{row.shortcut.capitalize()} shortcut flagged{extra}: the CNN probe's AUC may be that shortcut "
+                     f"and is not evidence that the content is detectable; read detectors after the neutralising "
+                     f"{condition}.")
+    return lines
+
+
+def conclusions(manifest: pd.DataFrame, skipped: pd.DataFrame, geometry: pd.DataFrame, probe: dict,
+                families: pd.DataFrame, planted: dict, difficulty: pd.DataFrame, duplicates: pd.DataFrame,
+                merges: pd.DataFrame, max_distance: int) -> list[str]:
+    """The notebook's conclusion lines, computed from its tables (`duplicates` is the `duplicate_summary` row,
+    `merges` the dataset's group merges, `families` the `shortcut_families` table)."""
     n_real, n_fake = int((manifest["label"] == 0).sum()), int((manifest["label"] == 1).sum())
+    real_groups, fake_groups = group_counts(manifest)
     lines = [f"{len(manifest)} images ({n_real} real, {n_fake} fake) from {manifest['source'].nunique()} sources "
-             f"and {manifest['group'].nunique()} groups; {len(skipped)} file(s) skipped as unreadable or unusable."]
+             f"and {manifest['group'].nunique()} groups ({real_groups} holding real, {fake_groups} holding fake "
+             f"images); {len(skipped)} file(s) skipped as unreadable or unusable."]
     square = geometry.set_index("cls")["square_share"]
     lines.append(f"Square images: {square.get('real', float('nan')):.0%} of real vs "
                  f"{square.get('fake', float('nan')):.0%} of fake.")
     verdict = ("FLAGGED: metadata alone separate the classes" if probe["flagged"]
                else "not flagged: metadata carry little label information")
+    per_shortcut = "; ".join(
+        f"{r.shortcut} {'not probed (constant features)' if not r.features else f'AUC {r.auc_mean:.3f}'}"
+        f"{' FLAGGED' if r.flagged else ''}" for r in families.itertuples())
     lines.append(f"Metadata-only probe AUC {probe['auc_mean']:.3f} (95 % CI {probe['auc_ci_low']:.3f}-"
-                 f"{probe['auc_ci_high']:.3f}, {len(probe['fold_auc'])} group-aware folds): {verdict}; "
-                 f"top feature: {probe['importance'].index[0]}.")
+                 f"{probe['auc_ci_high']:.3f}, {len(probe['fold_auc'])} group-aware folds over {real_groups} real "
+                 f"and {fake_groups} fake groups): {verdict}; top feature: {probe['importance'].index[0]}; "
+                 f"per shortcut: {per_shortcut}.")
     if planted:
         found = probe["flagged"]
         expected = bool(planted.get("geometry_shortcut")) or bool(planted.get("compression"))
@@ -318,10 +395,19 @@ def conclusions(manifest: pd.DataFrame, skipped: pd.DataFrame, geometry: pd.Data
                      f"{'found' if found else 'did not find'} a metadata shortcut, "
                      f"{'as expected' if found == expected else 'CONTRARY to the card'}.")
     auc = float(difficulty.at[0, "test_auc"])
+    test_real, test_fake = int(difficulty.at[0, "test_real_groups"]), int(difficulty.at[0, "test_fake_groups"])
+    few = (" Too few groups for this number to speak beyond them." if min(test_real, test_fake) < 2 else "")
     lines.append(f"Difficulty probe: {difficulty.at[0, 'model']} trained {int(difficulty.at[0, 'epochs'])} epochs on "
-                 f"centre crops reaches test AUC {auc:.3f} on {int(difficulty.at[0, 'test_n'])} held-out images "
-                 f"({difficulty_band(auc)}).")
-    lines.append(f"Near-duplicates: {int(duplicates.at[0, 'pairs'])} pairs within {max_distance} bits, "
-                 f"{int(duplicates.at[0, 'cross_group'])} across groups, "
-                 f"{int(duplicates.at[0, 'cross_group_and_split'])} across groups and split roles.")
+                 f"centre crops reaches test AUC {auc:.3f} on {int(difficulty.at[0, 'test_n'])} held-out images from "
+                 f"{test_real} real and {test_fake} fake groups ({difficulty_band(auc)}).{few}")
+    lines += shortcut_caveats(manifest, probe, families)
+    kinds = merges["kind"].value_counts() if len(merges) else pd.Series(dtype=int)
+    n_bytes = int(kinds.get(BYTES, 0))
+    cross = int(duplicates.at[0, "cross_group"])
+    lines.append(f"Near-duplicates: {len(merges)} group merge(s) before splitting ({n_bytes} by identical bytes, "
+                 f"{len(merges) - n_bytes} by perceptual hash); after merging, {int(duplicates.at[0, 'pairs'])} pairs "
+                 f"within {max_distance} bits, {cross} across groups, "
+                 f"{int(duplicates.at[0, 'cross_group_and_split'])} across groups and split roles"
+                 + (" (merge them before trusting a split: open_study(merge_near_duplicates=True) with this distance)."
+                    if cross else "."))
     return lines

@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from lib.data import embedded
-from lib.data.embedded import AE_SOURCES, FAKE_SOURCES, PHOTOS, PRESETS, build_embedded, load_card, resolve_params
+from lib.data.embedded import (AE_SOURCES, FAKE_SOURCES, GREYSCALE, PHOTO_SOURCES, PHOTOS, PRESETS, build_embedded,
+                               load_card, resolve_params)
 from lib.fileio import sha256_file
 
 
@@ -54,10 +55,38 @@ def test_card_params_counts_checksums(smoke):
     assert set(card["files"]) == {*meta.path, "metadata.csv"}
     assert all(sha256_file(root / p) == h for p, h in card["files"].items())
     assert len(card["checksum"]) == 64 and card["build_seconds"] > 0
-    assert {"torch", "numpy"} <= set(card["versions"]) and "summary" in card["calibration"]
-    assert card["calibration_applies"] is False  # measured on the default preset, not smoke
+    assert {"torch", "numpy"} <= set(card["versions"])
+    assert "calibration" not in card  # the card states what this build measured, no typed-in numbers
+    assert [p["name"] for p in card["photos"]] == list(PHOTOS)
+    assert {p["name"] for p in card["photos"] if p["greyscale"]} == GREYSCALE
+    groups = card["counts"]["groups_by_source"]
+    assert groups == meta.groupby("source")["group"].nunique().to_dict()
+    assert groups["real"] == len(PHOTOS) == card["counts"]["groups"] - PRESETS["smoke"]["dcgan_count"]
     md = (root / "card.md").read_text()
     assert "geometry: ON" in md and "dcgan_faces" in md and card["checksum"] in md
+    assert "| real | 0 | 38 | 19 |" in md and all(f"| {p} |" in md for p in PHOTOS) and "alibration" not in md
+
+
+def test_greyscale_photographs_give_grey_reals_and_fakes(smoke):
+    root, meta, _ = smoke
+    photo_rows = meta[meta.source != "dcgan_faces"]
+    for path, group in zip(photo_rows.path, photo_rows.group):
+        with Image.open(root / path) as im:
+            rgb = np.asarray(im.convert("RGB")).astype(int)
+        equal = (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()
+        assert equal == (group in GREYSCALE), path
+
+
+def test_fakes_of_a_photograph_are_dealt_to_the_four_sources():
+    for preset in ("smoke", "default"):
+        params = resolve_params(preset)
+        counts = embedded.fake_counts(params)
+        assert set(counts) == set(PHOTO_SOURCES)
+        for photo in PHOTOS:
+            per_source = [counts[s][photo] for s in PHOTO_SOURCES]
+            assert sum(per_source) == params["fakes_per_photo"] and max(per_source) - min(per_source) <= 1
+        totals = [sum(counts[s].values()) for s in PHOTO_SOURCES]
+        assert max(totals) - min(totals) <= 1
 
 
 def test_geometry_shortcut_on(smoke):

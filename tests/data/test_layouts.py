@@ -35,7 +35,9 @@ def test_generic(generic_tree):
     df = read_layout(generic_tree)
     assert len(df) == 16
     row = _by_rel(df, generic_tree).loc["train/fake/gen_a/img1.png"]
-    assert (row["label"], row["source"], row["group"], row["orig_split"]) == (1, "gen_a", "img1", "train")
+    assert (row["label"], row["source"], row["group"], row["orig_split"]) == (1, "gen_a", "train/fake/gen_a/img1.png",
+                                                                              "train")
+    assert df["group"].is_unique   # one group per file: train/real/img1.png and train/fake/gen_a/img1.png differ
     real = df[df["label"] == 0]
     assert set(real["source"]) == {"real"} and set(real["orig_split"]) == {"train", "test"}
     assert [Path(i["path"]).name for i in df.attrs["ignored"]] == ["README.txt"]
@@ -51,7 +53,8 @@ def test_generic_flat_mixed_case_and_numbered(tmp_path):
     assert sorted(zip(_rel(df, tmp_path), df["label"], df["source"])) == [
         ("1_fake/a.png", 1, "fake"), ("1_fake/b.png", 1, "fake"), ("Real/a.png", 0, "real")]
     assert set(df["orig_split"]) == {""}
-    assert df.loc[df["label"] == 0, "group"].item() == "a"
+    assert df.loc[df["label"] == 0, "group"].item() == "Real/a.png"
+    assert df["group"].is_unique   # Real/a.png and 1_fake/a.png are unrelated images
     assert any("no label" in i["reason"] for i in df.attrs["ignored"])
 
 
@@ -75,11 +78,14 @@ def test_forensynths(forensynths_tree):
     df = read_layout(forensynths_tree)
     by_path = _by_rel(df, forensynths_tree)
     train_fake = by_path.loc["train/cat/1_fake/00001.png"]
-    assert (train_fake["source"], train_fake["group"], train_fake["orig_split"]) == ("progan", "progan/cat/00001", "train")
+    assert (train_fake["source"], train_fake["group"], train_fake["orig_split"]) == (
+        "progan", "train/cat/1_fake/00001.png", "train")
     test_real = by_path.loc["test/stylegan/car/0_real/00002.png"]
-    assert (test_real["label"], test_real["source"], test_real["group"]) == (0, "stylegan_real", "stylegan/car/00002")
+    assert (test_real["label"], test_real["source"], test_real["group"]) == (
+        0, "stylegan_real", "test/stylegan/car/0_real/00002.png")
     no_class = by_path.loc["test/biggan/1_fake/00000.png"]
-    assert (no_class["source"], no_class["group"]) == ("biggan", "biggan/00000")
+    assert (no_class["source"], no_class["group"]) == ("biggan", "test/biggan/1_fake/00000.png")
+    assert df["group"].is_unique   # 0_real/00001.png and 1_fake/00001.png are not pairs
     assert set(df["source"]) == {"progan", "progan_real", "stylegan", "stylegan_real", "biggan", "biggan_real"}
 
 
@@ -138,3 +144,20 @@ def test_hidden_files_are_reported(tmp_path):
     df = read_layout(tmp_path)
     assert len(df) == 2
     assert {"hidden file"} == {i["reason"] for i in df.attrs["ignored"]}
+
+
+def test_group_regex_overrides_the_layout_groups(generic_tree):
+    df = read_layout(generic_tree, group_regex=r"([^/]+)\.\w+$")            # the file stem: aligned datasets
+    by_path = _by_rel(df, generic_tree)
+    assert by_path.loc["train/real/img1.png", "group"] == by_path.loc["train/fake/gen_a/img1.png", "group"] == "img1"
+    joined = read_layout(generic_tree, group_regex=r"^(\w+)/.*?([^/]+)\.png$")  # capture groups joined with "/"
+    assert _by_rel(joined, generic_tree).loc["test/fake/gen_b/img0.png", "group"] == "test/img0"
+
+
+def test_group_regex_errors_are_clear(generic_tree):
+    with pytest.raises(LayoutError, match="no capture group"):
+        read_layout(generic_tree, group_regex=r"img\d")
+    with pytest.raises(LayoutError, match="not a valid regular expression"):
+        read_layout(generic_tree, group_regex=r"(img")
+    with pytest.raises(LayoutError, match="does not match 'test/fake/"):
+        read_layout(generic_tree, group_regex=r"^train/.*(img\d)")

@@ -7,12 +7,16 @@ import time
 import types
 from functools import partial
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from conftest import write_image
+from lib.data import manifest as manifest_module
 from lib.data.dataset import Dataset, load_dataset
-from lib.data.manifest import MANIFEST_COLUMNS, ManifestError, build_manifest, manifest_fingerprint
+from lib.data.duplicates import MERGE_COLUMNS
+from lib.data.manifest import (MANIFEST_COLUMNS, ManifestError, build_manifest, build_manifest_tables,
+                               manifest_fingerprint)
 
 
 @pytest.fixture
@@ -35,6 +39,7 @@ def test_manifest_columns_and_facts(generic_tree, tmp_path):
     png = manifest[manifest["format"] == "PNG"]
     assert png["jpeg_quality"].isna().all() and (png["width"] == 16).all()
     assert manifest["sha256"].str.len().eq(64).all() and manifest["sha256"].is_unique
+    assert manifest["phash"].str.fullmatch(r"[0-9a-f]{16}").all()
     assert list(skipped.columns) == ["path", "reason"]
     assert skipped["path"].str.endswith("README.txt").tolist() == [True]
 
@@ -81,7 +86,7 @@ def test_duplicates_merge_groups_and_conflicts_are_skipped(tmp_path):
     shutil.copy(root / "fake" / "c.png", root / "real" / "c_as_real.png")   # same bytes, both labels -> skipped
     manifest, skipped = build_manifest(root, cache_dir=None, progress=False)
     groups = dict(zip(manifest["path"].map(os.path.basename), manifest["group"]))
-    assert groups["a.png"] == groups["copy_of_a.png"] == "a"
+    assert groups["a.png"] == groups["copy_of_a.png"] == "real/a.png"   # the smaller name of the two
     assert "c.png" not in groups and "c_as_real.png" not in groups
     assert skipped["reason"].str.contains("other label").sum() == 2
 
@@ -118,13 +123,15 @@ def test_fingerprint_tracks_content_not_paths(generic_tree, tmp_path):
 
 
 def test_load_dataset_from_folder(embedded_tree, monkeypatch, tmp_path):
-    monkeypatch.setattr("lib.data.dataset.build_manifest", partial(build_manifest, cache_dir=tmp_path / "cache"))
+    monkeypatch.setattr("lib.data.dataset.build_manifest_tables",
+                        partial(build_manifest_tables, cache_dir=tmp_path / "cache"))
     ds = load_dataset(str(embedded_tree), progress=False)
     assert isinstance(ds, Dataset)
     assert (ds.layout, ds.name, ds.root) == ("embedded", "embedded_tiny", embedded_tree.resolve())
     assert ds.card == {"name": "embedded_tiny", "preset": "test"}
     assert ds.fingerprint == manifest_fingerprint(ds.manifest) and len(ds.manifest) == 36
     assert "36 images (12 real, 24 fake)" in repr(ds)
+    assert list(ds.merges.columns) == MERGE_COLUMNS and ds.merges.empty   # noise images: nothing to merge
 
 
 def test_load_dataset_embedded_builds_on_demand(embedded_tree, monkeypatch, tmp_path):
@@ -135,7 +142,8 @@ def test_load_dataset_embedded_builds_on_demand(embedded_tree, monkeypatch, tmp_
         return embedded_tree
 
     monkeypatch.setitem(sys.modules, "lib.data.embedded", types.SimpleNamespace(build_embedded=build_embedded))
-    monkeypatch.setattr("lib.data.dataset.build_manifest", partial(build_manifest, cache_dir=tmp_path / "cache"))
+    monkeypatch.setattr("lib.data.dataset.build_manifest_tables",
+                        partial(build_manifest_tables, cache_dir=tmp_path / "cache"))
     ds = load_dataset("", embedded_preset="tiny", seed=7, embedded_overrides={"n_real": 3}, progress=False)
     assert calls == [("tiny", 7, False, {"n_real": 3})]
     assert ds.layout == "embedded" and set(ds.manifest["label"]) == {0, 1}
@@ -145,3 +153,52 @@ def test_load_dataset_embedded_builds_on_demand(embedded_tree, monkeypatch, tmp_
 def test_load_dataset_missing_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a folder"):
         load_dataset(str(tmp_path / "nope"), progress=False)
+
+
+def _near_duplicate_tree(root):
+    """real/a.png and fake/b.png: the same picture 3 grey levels apart (other bytes, same perceptual hash)."""
+    from PIL import Image
+
+    a = write_image(root / "real" / "a.png", (32, 32))
+    pixels = np.asarray(Image.open(a)).astype(int)
+    write_image(root / "real" / "c.png", (32, 32))
+    write_image(root / "fake" / "d.png", (32, 32))
+    Image.fromarray(np.clip(pixels + 3, 0, 255).astype(np.uint8)).save(root / "fake" / "b.png")
+    return root
+
+
+def test_near_duplicates_across_groups_are_merged_and_reported(tmp_path, monkeypatch):
+    root = _near_duplicate_tree(tmp_path / "nd")
+    cache = tmp_path / "cache"
+    tables = build_manifest_tables(root, cache_dir=cache, progress=False)
+    groups = dict(zip(tables.manifest["path"].map(os.path.basename), tables.manifest["group"]))
+    assert groups["a.png"] == groups["b.png"] == "fake/b.png" and groups["c.png"] == "real/c.png"
+    merge = tables.merges.iloc[0]
+    assert len(tables.merges) == 1 and list(tables.merges.columns) == MERGE_COLUMNS
+    assert {os.path.basename(merge["path_a"]), os.path.basename(merge["path_b"])} == {"a.png", "b.png"}
+    assert {merge["group_a"], merge["group_b"]} == {"real/a.png", "fake/b.png"}
+    assert (merge["distance"], merge["kind"], merge["new_group"]) == (0, "perceptual hash", "fake/b.png")
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded again although cached")
+
+    monkeypatch.setattr(manifest_module, "_inspect", no_decoding)   # the merge settings are applied after the cache
+    off = build_manifest_tables(root, cache_dir=cache, progress=False, merge_near_duplicates=False)
+    assert off.manifest["group"].is_unique and off.merges.empty
+    assert manifest_fingerprint(off.manifest) != manifest_fingerprint(tables.manifest)
+    again, _ = build_manifest(root, cache_dir=cache, progress=False)
+    pd.testing.assert_frame_equal(again, tables.manifest)
+
+
+def test_load_dataset_passes_group_and_merge_options(tmp_path, monkeypatch):
+    root = _near_duplicate_tree(tmp_path / "nd")
+    monkeypatch.setattr("lib.data.dataset.build_manifest_tables",
+                        partial(build_manifest_tables, cache_dir=tmp_path / "cache"))
+    ds = load_dataset(str(root), progress=False)
+    assert len(ds.merges) == 1 and ds.manifest["group"].nunique() == 3 and "1 group merge(s)" in repr(ds)
+    kept = load_dataset(str(root), progress=False, merge_near_duplicates=False)
+    assert kept.merges.empty and kept.manifest["group"].nunique() == 4
+    by_folder = load_dataset(str(root), progress=False, group_regex=r"^(\w+)/", merge_near_duplicates=False)
+    assert sorted(by_folder.manifest["group"].unique()) == ["fake", "real"]
+    merged = load_dataset(str(root), progress=False, group_regex=r"^(\w+)/")   # a.png and b.png link both folders
+    assert set(merged.manifest["group"]) == {"fake"} and len(merged.merges) == 1

@@ -2,12 +2,14 @@ from __future__ import annotations
 
 import hashlib
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from lib.data.splits import (SplitError, fold_ids, fold_indices, holdout_indices, make_splits, split_summary,
-                        test_indices)
+from lib.data.splits import (MIN_EVAL_GROUPS, SplitError, SplitWarning, fold_ids, fold_indices, holdout_indices,
+                             make_splits, split_summary, test_indices)
 
 
 def synthetic_manifest(n_photos: int = 40, crops: int = 3, fake_sources=("ae", "inpaint"),
@@ -167,3 +169,64 @@ def test_bad_arguments():
     splits = make_splits(manifest, n_folds=2, cache_dir=None)
     with pytest.raises(SplitError, match="fold 7 does not exist"):
         fold_indices(splits, 7)
+
+
+def embedded_like_manifest(photos: int = 19, crops: int = 32, per_source: int = 8, faces: int = 96) -> pd.DataFrame:
+    """The default embedded dataset's group structure: each photograph a group of real crops and as many fakes over
+    four sources, plus DCGAN faces that are groups of their own."""
+    rows = []
+    for p in range(photos):
+        rows += [(f"photo{p}", 0, "real")] * crops
+        rows += [(f"photo{p}", 1, src) for src in ("ae_t", "ae_n", "ae_b", "inpaint") for _ in range(per_source)]
+    rows += [(f"dcgan_{i}", 1, "dcgan_faces") for i in range(faces)]
+    df = pd.DataFrame(rows, columns=["group", "label", "source"])
+    df["sha256"] = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(len(df))]
+    df["path"] = [f"/data/{i}.png" for i in range(len(df))]
+    return df
+
+
+@pytest.mark.parametrize("seed", [42, 0, 1, 7])
+def test_default_profile_holds_enough_photographs_per_evaluation_part(seed):
+    manifest = embedded_like_manifest()
+    assert manifest.loc[manifest["label"] == 0, "group"].nunique() == 19 and manifest["group"].nunique() == 115
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SplitWarning)
+        splits = make_splits(manifest, n_folds=3, seed=seed, cache_dir=None)   # the default test_ratio
+    summary = split_summary(manifest, splits).set_index(["role", "fold"])
+    assert summary.loc[("test", -1), "real_groups"] >= 3
+    real_per_fold = [summary.loc[("val", f), "real_groups"] for f in range(3)]
+    assert min(real_per_fold) >= 2 and max(real_per_fold) - min(real_per_fold) <= 1   # photographs spread evenly
+    assert sum(real_per_fold) + summary.loc[("test", -1), "real_groups"] == 19
+    assert not summary["few_groups"].any()
+
+
+def test_groups_of_each_label_mix_are_spread_evenly():
+    manifest = synthetic_manifest(n_photos=23, singleton_fakes=50)
+    splits = make_splits(manifest, n_folds=5, test_ratio=0, cache_dir=None)
+    summary = split_summary(manifest, splits)
+    val = summary[summary["role"] == "val"]
+    assert val["real_groups"].max() - val["real_groups"].min() <= 1        # 23 photos: 5 + 5 + 5 + 4 + 4
+    assert (val["fake_groups"] - val["real_groups"]).max() - (val["fake_groups"] - val["real_groups"]).min() <= 1
+
+
+def test_too_few_groups_in_an_evaluation_part_warns_and_is_reported():
+    manifest = synthetic_manifest(n_photos=6, singleton_fakes=30)
+    with pytest.warns(SplitWarning, match=r"fewer than 2 real or fake groups: test \(1 real"):
+        splits = make_splits(manifest, n_folds=2, test_ratio=0.2, cache_dir=None)   # 6 photos over 5 test folds
+    summary = split_summary(manifest, splits)
+    test_row = summary[summary["role"] == "test"].iloc[0]
+    assert test_row["real_groups"] < MIN_EVAL_GROUPS and bool(test_row["few_groups"])
+    assert not summary.loc[summary["role"].isin(["train", "unused", "holdout"]), "few_groups"].any()
+
+
+def test_groups_of_unequal_size_are_spread_by_count_not_by_images():
+    # 15 real-only groups of very different sizes (e.g. identities) and fake singletons: balancing images would put
+    # one or two big real groups in a part; balancing groups gives every part its share of real groups
+    sizes = [2, 3, 5, 8, 12, 20, 30, 45, 60, 90, 120, 160, 220, 300, 400]
+    rows = [(f"person{p}", 0, "real") for p, n in enumerate(sizes) for _ in range(n)]
+    rows += [(f"gan{i}", 1, "gan") for i in range(sum(sizes))]
+    manifest = pd.DataFrame(rows, columns=["group", "label", "source"])
+    manifest["sha256"] = [str(i) for i in range(len(manifest))]
+    summary = split_summary(manifest, make_splits(manifest, n_folds=3, test_ratio=0.2, cache_dir=None))
+    assert summary.loc[summary["role"] == "test", "real_groups"].item() == 3
+    assert summary.loc[summary["role"] == "val", "real_groups"].tolist() == [4, 4, 4]

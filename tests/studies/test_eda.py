@@ -30,26 +30,12 @@ def test_metadata_features_do_not_modify_input():
     assert (feats["jpeg_quality"] == -1).all() and "format_PNG" in feats
 
 
-def test_near_duplicates_finds_identical_and_ignores_different():
-    rng = np.random.default_rng(1)
-    a = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
-    b = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
-    hashes = eda.perceptual_hashes([a, b, a.copy()], progress=False)
-    pairs = eda.near_duplicates(hashes, max_distance=0)
-    assert pairs[["i", "j"]].values.tolist() == [[0, 2]]
-    m = pd.DataFrame({"group": ["x", "y", "z"], "source": ["real", "real", "fake"]})
-    splits = pd.DataFrame({"split": ["trainval", "trainval", "test"], "fold": [0, 1, -1]})
+def test_duplicate_report_marks_pairs_across_groups_and_splits():
+    pairs = pd.DataFrame({"i": [0, 0], "j": [2, 1], "distance": [0, 3]})
+    m = pd.DataFrame({"group": ["x", "x", "z"], "source": ["real", "real", "fake"]})
+    splits = pd.DataFrame({"split": ["trainval", "trainval", "test"], "fold": [0, 0, -1]})
     report = eda.duplicate_report(m, splits, pairs)
-    assert bool(report.loc[0, "cross_group"]) and bool(report.loc[0, "cross_split"])
-
-
-def test_near_duplicates_chunks_agree():
-    hashes = np.random.default_rng(2).integers(0, 2**63, 300, dtype=np.int64).astype(np.uint64)
-    hashes[10] = hashes[200]
-    full = eda.near_duplicates(hashes, max_distance=3, chunk=4096)
-    chunked = eda.near_duplicates(hashes, max_distance=3, chunk=7)
-    pd.testing.assert_frame_equal(full.reset_index(drop=True), chunked.reset_index(drop=True))
-    assert ((full["i"] == 10) & (full["j"] == 200)).any()
+    assert report["cross_group"].tolist() == [True, False] and report["cross_split"].tolist() == [True, False]
 
 
 def test_colour_statistics():
@@ -96,23 +82,28 @@ def test_probe_record_is_json_ready():
     assert list(eda.probe_table(probe).columns) == ["auc_mean", "flagged"]
 
 
-def test_dataset_near_duplicates_reports_manifest_rows(tmp_path):
-    from PIL import Image
+def test_dataset_near_duplicates_reads_the_manifest_hashes():
+    from lib.data.duplicates import phash, to_hex
 
     rng = np.random.default_rng(3)
     pictures = [rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in range(3)]
-    paths = []
-    for k, img in enumerate([pictures[0], pictures[1], pictures[0], pictures[2]]):  # rows 0 and 2 identical
-        paths.append(tmp_path / f"{k}.png")
-        Image.fromarray(img).save(paths[-1])
-    m = pd.DataFrame({"path": [p.as_posix() for p in paths], "group": ["a", "b", "c", "d"], "source": "real"})
+    rows = [pictures[0], pictures[1], pictures[0], pictures[2]]   # rows 0 and 2 identical
+    m = pd.DataFrame({"phash": [to_hex(phash(p)) for p in rows], "group": ["a", "b", "c", "d"], "source": "real"})
     splits = pd.DataFrame({"split": ["trainval", "trainval", "test", "trainval"], "fold": [0, 1, -1, 0]})
-    dups = eda.dataset_near_duplicates(m, splits, rows=np.array([1, 2, 3]), max_distance=0)
-    assert dups.empty  # row 0 is outside the subset, so its twin has no partner
-    dups = eda.dataset_near_duplicates(m, splits, rows=np.array([0, 2, 3]), max_distance=0)
+    dups = eda.dataset_near_duplicates(m, splits, max_distance=0)
     assert dups[["i", "j"]].values.tolist() == [[0, 2]]
     summary = eda.duplicate_summary(dups)
     assert summary.iloc[0].to_dict() == {"pairs": 1, "cross_group": 1, "cross_group_and_split": 1}
+
+
+def test_merge_summary_counts_merges_per_kind():
+    from lib.data.duplicates import empty_merges
+
+    merges = pd.DataFrame({"kind": ["perceptual hash", "perceptual hash", "identical bytes"],
+                           "new_group": ["a", "a", "b"]})
+    table = eda.merge_summary(merges).set_index("kind")
+    assert table.loc["perceptual hash"].tolist() == [2, 1] and table.loc["identical bytes"].tolist() == [1, 1]
+    assert eda.merge_summary(empty_merges()).empty
 
 
 def test_duplicate_summary_of_no_pairs():
@@ -132,34 +123,86 @@ def test_difficulty_band():
     assert eda.difficulty_band(0.99) == "near perfect"
 
 
+def test_shortcut_families_probe_each_shortcut_and_skip_constant_features():
+    families = eda.shortcut_families(toy_manifest(square_fakes=True), n_folds=5).set_index("shortcut")
+    assert bool(families.loc["geometry", "flagged"]) and families.loc["geometry", "auc_mean"] > 0.95
+    assert families.loc["geometry", "neutraliser"] == "center_crop"
+    # every image is a PNG: only bytes_per_pixel varies in the compression family
+    assert families.loc["compression", "features"] == "bytes_per_pixel"
+    assert families.loc["compression", "recipe"] == "Recipe(jpeg_quality=q)"
+
+
+def _families(geometry: bool, compression: bool) -> pd.DataFrame:
+    return pd.DataFrame({"shortcut": ["geometry", "compression"], "features": ["width, aspect", "jpeg_quality"],
+                         "auc_mean": [0.99 if geometry else 0.5, 0.99 if compression else 0.5],
+                         "flagged": [geometry, compression], "neutraliser": ["center_crop", "jpeg"],
+                         "neutraliser_text": ["the largest centred square", "both classes re-encoded at one quality"],
+                         "recipe": ['Recipe(mode="center_crop")', "Recipe(jpeg_quality=q)"]})
+
+
 def _conclusion_inputs(flagged: bool):
     manifest = pd.DataFrame({"label": [0, 0, 1, 1], "source": ["real", "real", "gan", "gan"],
-                             "group": ["a", "a", "b", "c"]})
+                             "group": ["a", "a", "b", "c"], "width": [80, 80, 64, 64], "height": 64})
     geometry = pd.DataFrame({"cls": ["fake", "real"], "square_share": [1.0, 0.25]})
     probe = {"flagged": flagged, "auc_mean": 0.91, "auc_ci_low": 0.85, "auc_ci_high": 0.97, "fold_auc": [0.9] * 5,
              "importance": pd.Series({"aspect": 0.7, "width": 0.3})}
-    difficulty = pd.DataFrame({"model": ["simple_cnn"], "epochs": [3], "test_auc": [0.75], "test_n": [40]})
-    duplicates = pd.DataFrame({"pairs": [3], "cross_group": [1], "cross_group_and_split": [0]})
-    return manifest, pd.DataFrame(columns=["path", "reason"]), geometry, probe, difficulty, duplicates
+    difficulty = pd.DataFrame({"model": ["simple_cnn"], "epochs": [3], "test_auc": [0.75], "test_n": [40],
+                               "test_real_groups": [3], "test_fake_groups": [5]})
+    duplicates = pd.DataFrame({"pairs": [3], "cross_group": [0], "cross_group_and_split": [0]})
+    merges = pd.DataFrame({"kind": ["perceptual hash", "identical bytes"], "new_group": ["a", "b"]})
+    return manifest, pd.DataFrame(columns=["path", "reason"]), geometry, probe, difficulty, duplicates, merges
 
 
 def test_conclusions_computed_from_the_tables():
-    manifest, skipped, geometry, probe, difficulty, duplicates = _conclusion_inputs(flagged=True)
-    lines = eda.conclusions(manifest, skipped, geometry, probe, {"geometry_shortcut": True, "compression": None},
-                            difficulty, duplicates, max_distance=4)
-    assert lines[0] == ("4 images (2 real, 2 fake) from 2 sources and 3 groups; "
-                        "0 file(s) skipped as unreadable or unusable.")
+    manifest, skipped, geometry, probe, difficulty, duplicates, merges = _conclusion_inputs(flagged=True)
+    lines = eda.conclusions(manifest, skipped, geometry, probe, _families(True, False),
+                            {"geometry_shortcut": True, "compression": None}, difficulty, duplicates, merges,
+                            max_distance=4)
+    assert lines[0] == ("4 images (2 real, 2 fake) from 2 sources and 3 groups (1 holding real, 2 holding fake "
+                        "images); 0 file(s) skipped as unreadable or unusable.")
     assert lines[1] == "Square images: 25% of real vs 100% of fake."
-    assert "FLAGGED" in lines[2] and "0.850-0.970, 5 group-aware folds" in lines[2]
-    assert lines[2].endswith("top feature: aspect.")
+    assert "FLAGGED" in lines[2] and "0.850-0.970, 5 group-aware folds over 1 real and 2 fake groups" in lines[2]
+    assert lines[2].endswith("top feature: aspect; per shortcut: geometry AUC 0.990 FLAGGED; compression AUC 0.500.")
     assert lines[3].endswith("the probe found a metadata shortcut, as expected.")
     assert lines[4] == ("Difficulty probe: simple_cnn trained 3 epochs on centre crops reaches test AUC 0.750 on 40 "
-                        "held-out images (between chance and perfection).")
-    assert lines[5] == "Near-duplicates: 3 pairs within 4 bits, 1 across groups, 0 across groups and split roles."
+                        "held-out images from 3 real and 5 fake groups (between chance and perfection).")
+    assert lines[5].startswith("Geometry shortcut flagged; the CNN probe already trains and scores on centre crops")
+    assert lines[5].endswith("(median short side 64 px), so its AUC does not rest on geometry.")
+    assert lines[6] == ("Near-duplicates: 2 group merge(s) before splitting (1 by identical bytes, 1 by perceptual "
+                        "hash); after merging, 3 pairs within 4 bits, 0 across groups, 0 across groups and split roles.")
 
 
 def test_conclusions_flag_a_probe_contrary_to_the_card_and_skip_the_card_line_without_one():
-    manifest, skipped, geometry, probe, difficulty, duplicates = _conclusion_inputs(flagged=False)
-    lines = eda.conclusions(manifest, skipped, geometry, probe, {"geometry_shortcut": True}, difficulty, duplicates, 4)
+    manifest, skipped, geometry, probe, difficulty, duplicates, merges = _conclusion_inputs(flagged=False)
+    quiet = _families(False, False)
+    lines = eda.conclusions(manifest, skipped, geometry, probe, quiet, {"geometry_shortcut": True}, difficulty,
+                            duplicates, merges, 4)
     assert "not flagged" in lines[2] and lines[3].endswith("did not find a metadata shortcut, CONTRARY to the card.")
-    assert len(eda.conclusions(manifest, skipped, geometry, probe, {}, difficulty, duplicates, 4)) == 5
+    assert len(eda.conclusions(manifest, skipped, geometry, probe, quiet, {}, difficulty, duplicates, merges, 4)) == 5
+
+
+def test_a_flagged_shortcut_makes_the_cnn_probe_uninterpretable_and_names_its_neutraliser():
+    manifest, skipped, geometry, probe, difficulty, duplicates, merges = _conclusion_inputs(flagged=True)
+    lines = eda.shortcut_caveats(manifest, probe, _families(False, True))
+    assert len(lines) == 1 and lines[0].startswith("Compression shortcut flagged: the CNN probe's AUC may be that "
+                                                   "shortcut and is not evidence that the content is detectable")
+    assert "`jpeg`" in lines[0] and "Recipe(jpeg_quality=q)" in lines[0]
+    # geometry: the probe's centre crop removes it when both classes share the short side (80x64 vs 64x64) ...
+    same_scale = eda.shortcut_caveats(manifest, probe, _families(True, False))
+    assert "does not rest on geometry" in same_scale[0] and "`center_crop`" in same_scale[0]
+    # ... not when the resolutions differ
+    other_scale = eda.shortcut_caveats(manifest.assign(height=[128, 128, 64, 64], width=[160, 160, 64, 64]), probe,
+                                       _families(True, False))
+    assert "may be that shortcut" in other_scale[0] and "128 px real vs 64 px fake" in other_scale[0]
+    # flagged only jointly: every neutraliser is named; nothing flagged: no caveat
+    joint = eda.shortcut_caveats(manifest, probe, _families(False, False))
+    assert len(joint) == 2
+    assert eda.shortcut_caveats(manifest, {**probe, "flagged": False}, _families(False, False)) == []
+
+
+def test_difficulty_line_warns_when_too_few_groups_stand_behind_it():
+    manifest, skipped, geometry, probe, difficulty, duplicates, merges = _conclusion_inputs(flagged=False)
+    lines = eda.conclusions(manifest, skipped, geometry, probe, _families(False, False), {},
+                            difficulty.assign(test_real_groups=1), duplicates.assign(cross_group=2), merges, 4)
+    assert "from 1 real and 5 fake groups" in lines[3] and lines[3].endswith("speak beyond them.")
+    assert "2 across groups" in lines[4] and "merge_near_duplicates=True" in lines[4]
