@@ -1,9 +1,14 @@
 """Training-time augmentation on whole uint8 batches, with per-sample random parameters.
 
 Only the training path calls an ``AugmentPolicy``; evaluation loaders take none, so validation and
-test pixels are exactly the cached ones. Order: resized crop + flip (one affine resampling), colour
-jitter, Gaussian blur, Gaussian noise, then JPEG re-compression last, as a real publishing pipeline
-compresses after every other edit.
+test pixels are exactly the cached ones. Order: native crop (a window of the cached pixels, never resampled),
+resized crop + flip (one affine resampling), colour jitter, Gaussian blur, Gaussian noise, then JPEG
+re-compression last, as a real publishing pipeline compresses after every other edit.
+
+``crop`` (off by default) is for detectors of pixel-level traces such as NPR: with it, the policy takes a
+random ``crop x crop`` window of each sample (its own offsets) and, with ``hflip_p``, mirrors it; both only
+move pixels, so every output pixel is an input pixel, bit for bit. The batch then has ``crop x crop`` pixels,
+while evaluation sees the whole cached image (a fully convolutional model with global pooling takes both).
 """
 
 from __future__ import annotations
@@ -29,6 +34,13 @@ class AugmentPolicy:
     jpeg_p: probability of re-compressing a sample at a quality drawn in jpeg_quality (inclusive).
     blur_p: probability of a Gaussian blur with sigma drawn in blur_sigma (pixels).
     noise_std: additive Gaussian noise, std drawn per sample in [0, noise_std] (pixel scale 0..1).
+    crop: side of a random window of native pixels taken from each sample (its own offsets, no resampling),
+      before everything else; 0 = off. It replaces the resized crop (setting both raises) and needs images of
+      at least crop x crop.
+
+    Run keys: a policy enters a run's key through `dataclasses.asdict` of the run spec. A field added after runs
+    were stored (``crop``) is left out of ``fields()`` of an instance where it has its default, so policies that
+    do not use it keep the keys (and runs) they always had; an instance that uses it lists it.
     """
 
     hflip_p: float = 0.5
@@ -42,6 +54,7 @@ class AugmentPolicy:
     blur_p: float = 0.0
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     noise_std: float = 0.0
+    crop: int = 0
 
     def __post_init__(self) -> None:
         # Tuples may arrive as lists (from YAML/JSON): normalise so equal policies hash equal.
@@ -62,6 +75,22 @@ class AugmentPolicy:
         for name in ("brightness", "contrast", "saturation", "noise_std"):
             if getattr(self, name) < 0:
                 raise ValueError(f"AugmentPolicy.{name} must be >= 0, got {getattr(self, name)}")
+        if isinstance(self.crop, bool) or not isinstance(self.crop, (int, np.integer)) or self.crop < 0:
+            raise ValueError(f"AugmentPolicy.crop must be an int >= 0 (0 = off), got {self.crop!r}")
+        object.__setattr__(self, "crop", int(self.crop))
+        if self.crop and self.crop_scale != (1.0, 1.0):
+            raise ValueError("AugmentPolicy.crop (a window of native pixels) replaces the resized crop: leave "
+                             f"crop_scale at (1, 1), got {self.crop_scale}")
+        # Fields added after runs were stored are hidden from `fields(self)` (hence from asdict and run keys) while
+        # at their default; the generated __eq__/__hash__/__repr__ still compare and show them.
+        hidden = {name for name, default in _LATER_FIELDS.items() if getattr(self, name) == default}
+        if hidden:
+            object.__setattr__(self, "__dataclass_fields__",
+                               {k: f for k, f in type(self).__dataclass_fields__.items() if k not in hidden})
+
+    def __reduce__(self):
+        # the instance-level field table is not picklable (mappingproxy metadata); rebuild from the fields instead
+        return _from_dict, (type(self), self.to_dict())
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,18 +100,26 @@ class AugmentPolicy:
         return None if d is None else cls(**d)
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Augment a uint8 (B, 3, H, W) batch; returns a new uint8 batch of the same shape."""
+        """Augment a uint8 (B, 3, H, W) batch; returns a new uint8 batch, of the same shape unless `crop` is set
+        (then (B, 3, crop, crop))."""
         if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"AugmentPolicy expects a uint8 (B, 3, H, W) batch, got {x.dtype} {tuple(x.shape)}")
         b = x.shape[0]
+        if self.crop and (x.shape[2] < self.crop or x.shape[3] < self.crop):
+            raise ValueError(f"AugmentPolicy.crop {self.crop} needs images of at least {self.crop}x{self.crop}, "
+                             f"got {x.shape[2]}x{x.shape[3]}")
         if b == 0:
-            return x.clone()
+            return x[..., :self.crop, :self.crop].clone() if self.crop else x.clone()
         g = generator
 
         def uniform(low: float, high: float, n: int = b) -> torch.Tensor:
             return low + (high - low) * torch.rand(n, generator=g)
 
         flip = torch.rand(b, generator=g) < self.hflip_p
+        if self.crop:
+            x = self._native_crop(x, g)
+            if not self._changes_values():  # a window and a mirror only move pixels: no float round trip
+                return torch.where(flip.view(b, 1, 1, 1), x.flip(-1), x)
         y = x.float().div_(255.0)
 
         if self.crop_scale != (1.0, 1.0):
@@ -123,6 +160,19 @@ class AugmentPolicy:
                 out[i] = _jpeg_roundtrip(out[i], int(quality[i]))
         return out
 
+    def _changes_values(self) -> bool:
+        """Does any step besides the crop and the flip touch pixel values?"""
+        return (self.crop_scale != (1.0, 1.0) or self.brightness > 0 or self.contrast > 0 or self.saturation > 0
+                or self.blur_p > 0 or self.noise_std > 0 or self.jpeg_p > 0)
+
+    def _native_crop(self, x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
+        """A random crop x crop window of each sample (own offsets, every position equally likely), pixels as they are."""
+        b, _, h, w = x.shape
+        c = self.crop
+        top = torch.randint(0, h - c + 1, (b,), generator=g).tolist()
+        left = torch.randint(0, w - c + 1, (b,), generator=g).tolist()
+        return torch.stack([x[i, :, t:t + c, l:l + c] for i, (t, l) in enumerate(zip(top, left))])
+
     def _resized_crop(self, y: torch.Tensor, flip: torch.Tensor, uniform) -> torch.Tensor:
         """RandomResizedCrop for the whole batch as one affine_grid + grid_sample (flip folded in)."""
         b = y.shape[0]
@@ -141,6 +191,13 @@ class AugmentPolicy:
         theta[:, 1, 2] = cy
         grid = F.affine_grid(theta, list(y.shape), align_corners=False)
         return F.grid_sample(y, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+_LATER_FIELDS = {"crop": 0}  # fields added after runs were stored, with the default that leaves them out of keys
+
+
+def _from_dict(cls: type, d: dict[str, Any]) -> AugmentPolicy:
+    return cls(**d)
 
 
 def _gaussian_blur(y: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

@@ -137,9 +137,9 @@ def compare_family(predictions: pd.DataFrame, by: str, pairs: Sequence[tuple[str
     """The one comparison rule: for each pair (a, b) the paired difference a - b on each evaluation set.
 
     Both sides are scored on the images they share, with the same resampled groups in every replicate. Each set is
-    one family: Holm-adjusted p over its rows, and each row's interval at Holm's step level alpha / (m - rank + 1).
-    The verdict on the claim "a better than b" (``direction="less"``: a lower) is "supported" / "contradicted" only
-    when that interval excludes zero (and the Holm p is below alpha), else "inconclusive"."""
+    one family: Holm-adjusted p over its rows, and Holm-consistent intervals (`holm_levels`: a row's interval
+    excludes zero when Holm's step-down rejects it). The verdict on the claim "a better than b" (``direction="less"``:
+    a lower) is "supported" / "contradicted" only when that interval excludes zero, else "inconclusive"."""
     thresholds = validation_thresholds(predictions, by) if thresholds is None else thresholds
     tables = []
     for name in sets:
@@ -175,8 +175,7 @@ def compare_family(predictions: pd.DataFrame, by: str, pairs: Sequence[tuple[str
                   for d, level in zip(diffs, table["level"])]
         table["ci_low"], table["ci_high"] = [lo for lo, _ in bounds], [hi for _, hi in bounds]
         table["claim"] = [f"{a} {'>' if direction == 'greater' else '<'} {b}" for a, b in zip(table["a"], table["b"])]
-        table["verdict"] = [verdict(lo, hi, direction) if ph <= alpha else "inconclusive"
-                            for lo, hi, ph in zip(table["ci_low"], table["ci_high"], table["p_holm"].fillna(1.0))]
+        table["verdict"] = [verdict(lo, hi, direction) for lo, hi in zip(table["ci_low"], table["ci_high"])]
         tables.append(table)
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=FAMILY_COLUMNS)
 
@@ -220,8 +219,9 @@ def describe_family_row(row: dict | pd.Series, metric_name: str = "AUC") -> str:
     """One computed sentence about a `compare_family` row (used in conclusion cells)."""
     if pd.isna(row.get("diff")):
         return f"{row['a']} vs {row['b']} ({row['set']}): not comparable ({row.get('note', '')})."
-    ci = ("interval undefined: " + str(row["note"])) if pd.isna(row["ci_low"]) else (
-        f"{row['level']:.1%} Holm-stepped CI {row['ci_low']:+.3f} to {row['ci_high']:+.3f}, p Holm = {row['p_holm']:.3g}")
+    ci = (str(row["note"]) if pd.isna(row["ci_low"]) else
+          f"{row['level'] * 100:.1f} % Holm interval {row['ci_low']:+.3f} to {row['ci_high']:+.3f}, "
+          f"p Holm = {row['p_holm']:.3g}")
     return (f"{row['a']} - {row['b']} {metric_name} on {row['set']}: {row['diff']:+.3f} ({ci}; {counts_text(row)}) "
             f"-> claim '{row['claim']}': {row['verdict']}")
 

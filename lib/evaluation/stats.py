@@ -260,13 +260,24 @@ def percentile_interval(values: Any, confidence: float = 0.95) -> tuple[float, f
 
 
 def holm_levels(pvalues: Any, alpha: float = 0.05) -> np.ndarray:
-    """Holm's step-down per-hypothesis level: alpha / (m - rank + 1), rank 1 = smallest p (NaN p: alpha / m)."""
+    """Per-hypothesis error level of Holm-consistent intervals: walking up from the smallest p, a rejected hypothesis of
+    rank r gets alpha / (m - r + 1); from the first one not rejected on, all get that step's level. So an interval
+    excludes zero exactly when Holm's step-down rejects (NaN p: the level of the stopping step)."""
     p = np.array(pvalues, dtype=float).ravel()
-    m = int((~np.isnan(p)).sum())
-    levels = np.full(p.shape, alpha / max(m, 1))
     valid = np.flatnonzero(~np.isnan(p))
+    m = valid.size
     order = valid[np.argsort(p[valid], kind="stable")]
-    levels[order] = alpha / (m - np.arange(m))
+    levels = np.full(p.shape, np.nan)
+    stop = alpha / max(m, 1)
+    for rank, idx in enumerate(order):
+        step = alpha / (m - rank)
+        if p[idx] > step:
+            stop = step
+            levels[order[rank:]] = step
+            break
+        levels[idx] = step
+        stop = step
+    levels[np.isnan(levels)] = stop
     return levels
 
 

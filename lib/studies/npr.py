@@ -3,22 +3,32 @@
 Vocabulary. An *arm* is one trained configuration (a registry model plus its kwargs) under a `condition` label;
 `run_arms` trains or loads every fold of every arm through the run store and tags the fold table and the
 predictions with that label, so the generic comparison layer (`lib.evaluation.compare`, `by="condition"`) applies.
+The arms: `npr` (Tan et al.: one scale, 0.5, ResNet-50 trunk), `npr_multiscale` (several scales, one small branch
+each, learned attention), its architecture-matched control `npr_multiscale_single` (the same branch, attention
+MLP and head at NPR's single scale 0.5) and the uniform-weights control `npr_multiscale_uniform`.
 
-Evaluation sets are built from the prediction rows of `lib.training.runstore` (split val/test/holdout):
-- in distribution (H2): the test hold-out, every source;
-- unseen generators (H3): the real images of the test hold-out plus the fakes of the held-out sources (split
-  "holdout"; a split made with `make_splits(holdout_sources=...)` holds no real image there, so without the test
-  reals an AUC would be undefined);
-- NPR-paper table: one row per fake source, scored on that source's fakes plus every real image of the evaluation
-  set; accuracy at the classifier's natural 0.5 threshold (never tuned on test) reported as balanced accuracy
-  (mean of the real and fake accuracies, as on the paper's balanced per-generator test sets) and AP.
-Every metric is computed per fold model, then summarised over folds (mean, std, 95 % t-interval); comparisons are
-paired over folds with Holm over the family of one hypothesis; a verdict comes from the interval of the paired
-difference (`lib.evaluation.stats.verdict`).
+Input. NPR measures the residue nearest-neighbour up-sampling leaves between neighbouring pixels, which any
+resampling (resize, antialiasing) erases. Every arm therefore reads the same cache, `npr_recipe(window)`: the
+centred window x window of native pixels (`Recipe(mode="native_crop")`, never resampled); training takes a random
+crop x crop window of it per image and epoch (`npr_augment(crop)`: `AugmentPolicy.crop`, plus horizontal flips,
+which only move pixels; no resized crop, blur, noise or JPEG); evaluation sees the whole stored window (the trunks
+are fully convolutional with global average pooling, so they take any size; as in the NPR paper, which trains on
+random crops and tests on whole images).
+
+Evaluation (the study's protocol, `lib.evaluation.compare`): predictions pooled into evaluation sets, ``oof`` (every
+trainval group validated once) and ``test`` (fold models' mean probability on the test hold-out); intervals by
+cluster bootstrap over groups with group counts beside every number (`metric_intervals`); every verdict from the one
+comparison rule `compare_family` (paired over the same resampled groups, Holm within each set). H3 scores two views
+of the H3 split's test hold-out: ``unseen`` (the real test images plus the fakes of the held-out sources) and
+``seen`` (the same real test images plus the test fakes of the training sources); the seen - unseen gap of one model
+is paired through those shared real images (`seen_unseen_gap`). Fold tables (`lib.evaluation.compare.cv_summary`,
+`fold_tests`) are a secondary, training-noise view; the NPR-paper table (per fake source, accuracy at 0.5 and AP,
+mean ± std over fold models) is descriptive.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -29,25 +39,82 @@ import torch
 from scipy import stats as sps
 from tqdm.auto import tqdm
 
+from lib.data.augment import AugmentPolicy
+from lib.data.recipes import Recipe
 from lib.data.splits import fold_ids
-from lib.evaluation.compare import paired_comparison, summary_wide, test_set_comparison
+from lib.evaluation.compare import (N_BOOT, compare_family, cv_summary, describe_family_row, evaluation_set,
+                                    fold_tests, groups_are_images, interval_text, metric_intervals,
+                                    require_validation, summary_wide, test_set_comparison)
 from lib.evaluation.metrics import binary_metrics
+from lib.evaluation.stats import (cluster_bootstrap_counts, group_strata, holm, percentile_interval, summarize,
+                                  weighted_auc)
 from lib.fileio import write_table
 from lib.paths import RUNS_DIR
-from lib.evaluation.stats import holm, summarize, verdict
 from lib.studies.common import Study, named_sources
 
 SOURCE_METRICS = ("balanced_accuracy", "accuracy", "auc", "ap")
 MEAN_ROW = "mean"
-REPORTED_METRICS = ("auc", "ap", "accuracy")  # shown in the tables; the tested family is FAMILY_METRICS
-FAMILY_METRICS = ("auc", "ap")
-# the claims of H2, H3 and the external set: multi-scale attention NPR beats NPR, and beats its uniform-weights control
-CLAIM_PAIRS = (("npr_multiscale", "npr"), ("npr_multiscale", "npr_multiscale_uniform"))
+CONTROL = "npr_multiscale_single"  # H2's architecture-matched control: npr_multiscale at NPR's single scale
+SINGLE_SCALE = (0.5,)
+ARM_NAMES = ("npr", "npr_multiscale", CONTROL, "npr_multiscale_uniform")
+# the claims of H2, H3 and the external set, the architecture-matched control first (the primary comparison):
+# multi-scale attention NPR beats the same architecture at one scale, plain NPR, and its uniform-weights control
+CLAIM_PAIRS = (("npr_multiscale", CONTROL), ("npr_multiscale", "npr"), ("npr_multiscale", "npr_multiscale_uniform"))
+H2_SETS = ("oof", "test")
+H3_SETS = ("unseen", "seen")
 FOLD_COLUMNS = ["condition", "fold", "trained", "epochs", "best_epoch", "seconds", "n_parameters", "val_auc", "test_auc",
                 "test_accuracy"]
-TEST_COLUMNS = ["a", "b", "metric", "n", "mean_diff", "diff_ci_low", "diff_ci_high", "diff_ci_low_adj", "diff_ci_high_adj",
-                "t_p", "t_p_holm", "wilcoxon_p", "verdict", "verdict_adjusted"]
+FAMILY_VIEW = ["claim", "set", "estimate_a", "estimate_b", "diff", "ci_low", "ci_high", "level", "p_holm", "verdict",
+               "real_groups", "fake_groups", "real_images", "fake_images", "note"]
 UNSEEN = " (unseen)"  # label suffix of a held-out source in H3's tables and figures
+
+
+# ----------------------------------------------------------------------------- input: native pixels
+
+def npr_recipe(window: int) -> Recipe:
+    """The cache every NPR arm reads: the centred `window` x `window` of native pixels, never resampled."""
+    return Recipe(size=int(window), mode="native_crop")
+
+
+def npr_augment(crop: int, hflip_p: float = 0.5) -> AugmentPolicy:
+    """Training-time policy of every NPR arm: a random `crop` x `crop` window (0: the whole stored window) and
+    horizontal flips; nothing that resamples or changes pixel values."""
+    return AugmentPolicy(hflip_p=hflip_p, crop=int(crop))
+
+
+MAX_AUTO_WINDOW = 256  # window_size 0 takes the smallest image side, at most this (the NPR paper's 256 px images)
+
+
+def resolve_input(manifest: pd.DataFrame, window: int = 0, crop: int = 0) -> tuple[int, int]:
+    """(window, crop) in pixels, checked against the images before any cache is built.
+
+    `window` 0: the largest square every image has (its smallest side), at most `MAX_AUTO_WINDOW`. `crop` 0: 7/8 of
+    the window rounded down to a multiple of 4 (the NPR paper's 224 px crops of 256 px images); set `crop` equal to
+    `window` to train on the whole window. Raises when an image is smaller than the window or the crop exceeds it.
+    """
+    sides = np.minimum(manifest["width"], manifest["height"]) if {"width", "height"} <= set(manifest.columns) else None
+    if not window:
+        if sides is None:
+            raise ValueError("window_size 0 (automatic) needs the manifest's width and height columns")
+        window = min(int(sides.min()), MAX_AUTO_WINDOW)
+    window, crop = int(window), int(crop) or max(4, int(window * 7 / 8) // 4 * 4)
+    if crop > window:
+        raise ValueError(f"crop_size {crop} exceeds window_size {window}: the training crop is taken from the window")
+    if sides is not None and (sides < window).any():
+        raise ValueError(f"window_size {window} needs images of at least {window}x{window} native pixels; "
+                         f"{int((sides < window).sum())} of {len(manifest)} images are smaller (smallest side "
+                         f"{int(sides.min())} px). Lower window_size to at most {int(sides.min())}, or set it to 0.")
+    return window, crop
+
+
+def describe_input(recipe: Recipe, augment: AugmentPolicy | None) -> str:
+    """What every NPR arm sees, in one line."""
+    crop = augment.crop if augment is not None else 0
+    flip = augment.hflip_p if augment is not None else 0.0
+    train = (f"a random {crop}x{crop} window of it per image and epoch" if crop else "the whole window")
+    return (f"Input of every arm: the centred {recipe.size}x{recipe.size} window of native pixels ({recipe.mode}, never "
+            f"resampled); training sees {train} (horizontal flip p = {flip:g}; no resizing, blur, noise or JPEG); "
+            f"evaluation sees the whole {recipe.size}x{recipe.size} window.")
 
 
 # ----------------------------------------------------------------------------- arms and runs
@@ -62,7 +129,7 @@ class Arm:
 
     @property
     def scales(self) -> tuple[float, ...]:
-        return tuple(self.kwargs.get("scales", (0.5,)))
+        return tuple(self.kwargs.get("scales", SINGLE_SCALE))
 
 
 def check_scales(scales: Iterable[float]) -> tuple[float, ...]:
@@ -87,13 +154,22 @@ def multiscale_kwargs(scales: Iterable[float], attention: str = "learned", entro
     return {"scales": list(check_scales(scales)), "attention": attention, "entropy_weight": float(entropy_weight)}
 
 
-def hypothesis_arms(scales: Iterable[float], entropy_weight: float = 0.0, include_uniform: bool = True) -> list[Arm]:
-    """H2/H3 arms: `npr` (single scale 0.5), `npr_multiscale` (learned attention), and the uniform-weights control."""
-    arms = [Arm("npr", "npr"),
-            Arm("npr_multiscale", "npr_multiscale", multiscale_kwargs(scales, "learned", entropy_weight))]
-    if include_uniform:
-        arms.append(Arm("npr_multiscale_uniform", "npr_multiscale", multiscale_kwargs(scales, "uniform", entropy_weight)))
-    return arms
+def hypothesis_arms(scales: Iterable[float], entropy_weight: float = 0.0,
+                    conditions: Sequence[str] = ARM_NAMES) -> list[Arm]:
+    """The H2/H3 arms named in `conditions` (in `ARM_NAMES` order): `npr` (single scale 0.5), `npr_multiscale`
+    (learned attention over `scales`), `npr_multiscale_single` (the same architecture at scale 0.5 only: the
+    architecture-matched control) and `npr_multiscale_uniform` (fixed weights 1/S)."""
+    unknown = sorted(set(conditions) - set(ARM_NAMES))
+    if unknown:
+        raise ValueError(f"unknown arm(s) {unknown}; valid: {list(ARM_NAMES)}")
+    if "npr_multiscale" not in conditions:
+        raise ValueError("the hypotheses compare npr_multiscale with its controls: name it among the conditions")
+    arms = {"npr": Arm("npr", "npr"),
+            "npr_multiscale": Arm("npr_multiscale", "npr_multiscale", multiscale_kwargs(scales, "learned", entropy_weight)),
+            CONTROL: Arm(CONTROL, "npr_multiscale", multiscale_kwargs(SINGLE_SCALE, "learned", entropy_weight)),
+            "npr_multiscale_uniform": Arm("npr_multiscale_uniform", "npr_multiscale",
+                                          multiscale_kwargs(scales, "uniform", entropy_weight))}
+    return [arms[name] for name in ARM_NAMES if name in conditions]
 
 
 def ablation_arms(reference: Iterable[float], scale_sets: Sequence[Iterable[float]], entropy_weight: float = 0.0) -> list[Arm]:
@@ -301,145 +377,219 @@ def holdout_paper_table(summary: pd.DataFrame, held: Sequence[str], by: str = "c
     return table
 
 
+
+
+# ----------------------------------------------------------------------------- group-level evaluation (the protocol)
+
+def present_pairs(frame: pd.DataFrame, pairs: Sequence[tuple[str, str]], by: str = "condition") -> list[tuple[str, str]]:
+    """The pairs whose two levels were both run (a profile may leave a control out)."""
+    levels = set(frame[by])
+    return [(a, b) for a, b in pairs if a in levels and b in levels and a != b]
+
+
+def as_test_view(predictions: pd.DataFrame, real_splits: Sequence[str] = ("test",),
+                 fake_splits: Sequence[str] = ("test",), fake_sources: Sequence[str] | None = None) -> pd.DataFrame:
+    """The rows of one evaluation view (real images of `real_splits`, fakes of `fake_splits`, optionally only
+    `fake_sources`) relabelled split "test", so that `lib.evaluation.compare` scores them as one fold-ensemble set."""
+    return _evaluation_rows(predictions, real_splits, fake_splits, fake_sources).assign(split="test")
+
+
+def h3_views(predictions: pd.DataFrame, held: Sequence[str], seen: Sequence[str]) -> dict[str, pd.DataFrame]:
+    """H3's two views of the H3 split's test hold-out, sharing its real images: ``unseen`` (plus the fakes of the
+    held-out sources, split "holdout") and ``seen`` (plus the test fakes of the training sources)."""
+    return {"unseen": as_test_view(predictions, ("test",), ("holdout",), held),
+            "seen": as_test_view(predictions, ("test",), ("test",), seen)}
+
+
+def view_intervals(views: dict[str, pd.DataFrame], by: str = "condition", n_boot: int = N_BOOT) -> pd.DataFrame:
+    """`metric_intervals` (AUC) of each view, its `set` column named after the view."""
+    return pd.concat([metric_intervals(frame, by, sets=("test",), n_boot=n_boot).assign(set=name)
+                      for name, frame in views.items()], ignore_index=True)
+
+
+def view_family(views: dict[str, pd.DataFrame], pairs: Sequence[tuple[str, str]], by: str = "condition",
+                n_boot: int = N_BOOT) -> pd.DataFrame:
+    """`compare_family` (AUC, claim a > b) on each view: one family per view (Holm within it), like one set."""
+    frames = [compare_family(frame, by, present_pairs(frame, pairs, by), sets=("test",), n_boot=n_boot).assign(set=name)
+              for name, frame in views.items() if present_pairs(frame, pairs, by)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def seen_unseen_gap(predictions: pd.DataFrame, held: Sequence[str], seen: Sequence[str], by: str = "condition",
+                    n_boot: int = N_BOOT, seed: int = 0, confidence: float = 0.95) -> pd.DataFrame:
+    """Per level of `by`: seen AUC, unseen AUC and the gap seen - unseen of its fold ensemble, with the gap's
+    cluster-bootstrap interval over groups.
+
+    Both AUCs use the same real test images; each replicate resamples the groups once (stratified by label mix, as
+    `compare.metric_intervals`) and scores both views on it, so the gap is paired through the shared real images and
+    the groups behind both views' fakes. Descriptive (no verdict): H3's claims are `view_family`'s.
+    """
+    views = {name: evaluation_set(frame, by, "test") for name, frame in h3_views(predictions, held, seen).items()}
+    rows = []
+    for level in dict.fromkeys(views["unseen"][by]):
+        unseen = views["unseen"][views["unseen"][by] == level]
+        seen_v = views["seen"][views["seen"][by] == level]
+        frame = pd.concat([unseen[unseen["label"] == 0].assign(view="real"), seen_v[seen_v["label"] == 1].assign(view="seen"),
+                           unseen[unseen["label"] == 1].assign(view="unseen")], ignore_index=True)
+        groups = frame["group"].astype(str) if "group" in frame.columns else frame["path"].astype(str)
+        codes, names = pd.factorize(groups)
+        labels = frame["label"].astype(int).to_numpy()
+        prob = frame["probability"].to_numpy(dtype=float)
+        has_real = np.bincount(codes, weights=labels == 0, minlength=len(names)) > 0
+        has_fake = np.bincount(codes, weights=labels == 1, minlength=len(names)) > 0
+        counts = cluster_bootstrap_counts(group_strata(has_real, has_fake), n_boot, seed)
+        ones = np.ones((1, len(names)), dtype=int)
+        row: dict[str, Any] = {by: level}
+        reps = {}
+        for view in ("seen", "unseen"):
+            sel = frame["view"].isin(["real", view]).to_numpy()
+            row[f"{view}_auc"] = float(weighted_auc(codes[sel], labels[sel], prob[sel], ones)[0])
+            reps[view] = weighted_auc(codes[sel], labels[sel], prob[sel], counts)
+            row[f"{view}_fake_groups"] = int(groups[frame["view"] == view].nunique())
+            row[f"{view}_fake_images"] = int((frame["view"] == view).sum())
+        row["real_groups"] = int(groups[frame["view"] == "real"].nunique())
+        row["real_images"] = int((frame["view"] == "real").sum())
+        row["gap"] = row["seen_auc"] - row["unseen_auc"]
+        enough = row["real_groups"] >= 2 and row["seen_fake_groups"] >= 2 and row["unseen_fake_groups"] >= 2
+        low, high = percentile_interval(reps["seen"] - reps["unseen"], confidence) if enough else (math.nan, math.nan)
+        row.update(ci_low=low, ci_high=high, note="" if enough else (
+            "interval undefined: each view needs at least 2 real and 2 fake groups"))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def gap_text(row: dict | pd.Series, digits: int = 3) -> str:
+    """'seen 0.93, unseen 0.71, gap +0.22 [0.10, 0.31]; 3 real / 12 seen-fake / 6 unseen-fake groups'."""
+    ci = "" if pd.isna(row["ci_low"]) else f" [{row['ci_low']:+.{digits}f}, {row['ci_high']:+.{digits}f}]"
+    return (f"seen AUC {row['seen_auc']:.{digits}f}, unseen AUC {row['unseen_auc']:.{digits}f}, gap "
+            f"{row['gap']:+.{digits}f}{ci}; {int(row['real_groups'])} real / {int(row['seen_fake_groups'])} seen-fake / "
+            f"{int(row['unseen_fake_groups'])} unseen-fake groups")
+
+
+def source_intervals(predictions: pd.DataFrame, by: str = "condition", real_splits: Sequence[str] = ("test",),
+                     fake_splits: Sequence[str] = ("test",), held: Sequence[str] = (),
+                     n_boot: int = N_BOOT) -> pd.DataFrame:
+    """Per fake source (its fakes of `fake_splits` against every real image of `real_splits`) and level of `by`:
+    the fold ensemble's AUC with its group-bootstrap interval and counts; `in_training` marks the `held` sources."""
+    fakes = predictions[(predictions["label"] == 1) & predictions["split"].isin(fake_splits)]
+    frames = []
+    for source in sorted(fakes["source"].astype(str).unique()):
+        view = as_test_view(predictions, real_splits, fake_splits, [source])
+        frames.append(metric_intervals(view, by, sets=("test",), n_boot=n_boot).assign(
+            source=source, in_training="unseen" if source in held else "seen"))
+    out = pd.concat(frames, ignore_index=True)
+    return out[[by, "source", "in_training", *[c for c in out.columns if c not in (by, "source", "in_training")]]]
+
+
+def intervals_table(intervals: pd.DataFrame, by: str = "condition", metric: str = "auc") -> pd.DataFrame:
+    """`interval_text` of each (level, set): one row per level, one column per set (e.g. oof, test)."""
+    part = intervals[intervals["metric"] == metric]
+    text = part.apply(interval_text, axis=1)
+    return part.assign(text=text).pivot(index=by, columns="set", values="text").reindex(
+        index=list(dict.fromkeys(part[by])), columns=list(dict.fromkeys(part["set"])))
+
+
+def family_view(family: pd.DataFrame) -> pd.DataFrame:
+    """The columns of a `compare_family` table worth reading (an empty table as it is)."""
+    return family[[c for c in FAMILY_VIEW if c in family.columns]] if len(family) else family
+
+
+def fold_view(cv: pd.DataFrame, pairs: Sequence[tuple[str, str]], by: str = "condition") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The secondary, training-noise view: validation and test AUC per level as fold mean ± std [t-interval]
+    (`cv_summary`), and the Nadeau-Bengio corrected fold test of each pair on validation AUC (`fold_tests`)."""
+    summary = pd.concat([cv_summary(cv, by, part, ("auc",)).assign(metric=f"{part}_auc") for part in ("val", "test")],
+                        ignore_index=True)
+    return summary_wide(summary, by=by), fold_tests(cv, by, present_pairs(cv, pairs, by), metric="val_auc")
+
+
+def image_level_tests(predictions: pd.DataFrame, pairs: Sequence[tuple[str, str]] = CLAIM_PAIRS,
+                      by: str = "condition") -> tuple[pd.DataFrame, str]:
+    """DeLong and McNemar on the test fold ensembles, only where every group is one image; otherwise an empty table
+    and the computed reason."""
+    test = evaluation_set(predictions, by, "test")
+    one = test[test[by] == test[by].iloc[0]] if len(test) else test
+    if not len(one) or not groups_are_images(one):
+        groups = one["group"].nunique() if "group" in one.columns else len(one)
+        return pd.DataFrame(), (f"DeLong and McNemar omitted: the test hold-out's {len(one)} images come from {groups} "
+                                f"groups, so its images are not independent units; the group bootstrap above is the test.")
+    table = pd.DataFrame([test_set_comparison(predictions, by, a, b) for a, b in present_pairs(predictions, pairs, by)])
+    return table, f"DeLong and McNemar on {len(one)} test images, each its own group."
+
+
 # ----------------------------------------------------------------------------- hypotheses
 
-def paired_family(table: pd.DataFrame, by: str, pairs: Sequence[tuple[str, str]], metrics: Sequence[str],
-                  direction: str = "greater", alpha: float = 0.05) -> pd.DataFrame:
-    """Paired tests of a - b over folds for every (a, b) pair and metric, as one family of m comparisons.
-
-    Adds Holm-adjusted p-values (`t_p_holm`, `wilcoxon_p_holm`) and Bonferroni-adjusted simultaneous intervals
-    (`diff_ci_low_adj`, `diff_ci_high_adj`: t-intervals at level 1 - alpha/m) with their `verdict_adjusted`, so a
-    comparison is called supported only when the family-wise interval excludes 0; `verdict` (unadjusted 95 %
-    interval, lib.evaluation.compare) is kept for reference.
-    """
-    present = set(table[by])
-    rows = [paired_comparison(table, by, a, b, metric, direction)
-            for a, b in pairs if a in present and b in present for metric in metrics]
-    out = pd.DataFrame(rows)
-    if len(out):
-        out["t_p_holm"] = holm(out["t_p"].to_numpy())
-        out["wilcoxon_p_holm"] = holm(out["wilcoxon_p"].to_numpy())
-        m = max(1, int(out["mean_diff"].notna().sum()))
-        n = out["n"].to_numpy(dtype=float)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            crit = np.where(n >= 2, sps.t.ppf(1 - alpha / (2 * m), np.maximum(n - 1, 1)), np.nan)
-            half = crit * out["diff_std"].to_numpy(dtype=float) / np.sqrt(n)
-        out["family_size"] = m
-        out["diff_ci_low_adj"] = out["mean_diff"] - half
-        out["diff_ci_high_adj"] = out["mean_diff"] + half
-        out["verdict_adjusted"] = [verdict(lo, hi, direction) for lo, hi in zip(out["diff_ci_low_adj"], out["diff_ci_high_adj"])]
-    return out
-
-
-def describe_row(row: dict | pd.Series) -> str:
-    """One computed sentence about a `paired_family` row (family-adjusted verdict)."""
-    return (f"{row['a']} - {row['b']} {row['metric']}: {row['mean_diff']:+.3f} (95 % CI {row['diff_ci_low']:+.3f} to "
-            f"{row['diff_ci_high']:+.3f}; family-adjusted CI {row['diff_ci_low_adj']:+.3f} to {row['diff_ci_high_adj']:+.3f} "
-            f"over {int(row['family_size'])} comparisons; {int(row['n'])} folds, Holm paired t p = {row['t_p_holm']:.3g}) "
-            f"-> {row['verdict_adjusted']}")
-
-
-def fold_summary(table: pd.DataFrame, by: str, metrics: Sequence[str]) -> pd.DataFrame:
-    """One row per (by, metric): mean, std, 95 % t-interval, n over folds."""
-    return pd.DataFrame([{by: level, "metric": metric, **summarize(group[metric])}
-                         for level, group in table.groupby(by, sort=False) for metric in metrics])
-
-
-def hypothesis_record(name: str, claim: str, table: pd.DataFrame, by: str, pairs: Sequence[tuple[str, str]],
-                      metrics: Sequence[str], primary: tuple[str, str, str]) -> dict[str, Any]:
-    """Per-model summaries, the family of paired comparisons (`paired_family`) and the verdict of `primary`.
-
-    `primary` = (a, b, metric): the claim is a - b > 0 on that metric. The verdict is the family-adjusted one
-    (`verdict_adjusted`: the Bonferroni interval over the family must exclude 0); 'not tested' when an arm is missing.
-    """
-    summary = fold_summary(table, by, metrics)
-    comparisons = paired_family(table, by, pairs, metrics)
-    a, b, metric = primary
-    hit = comparisons[(comparisons["a"] == a) & (comparisons["b"] == b) & (comparisons["metric"] == metric)] \
-        if len(comparisons) else comparisons
-    record = {"name": name, "claim": claim, "primary": {"a": a, "b": b, "metric": metric},
-              "per_model": summary.to_dict("records"), "comparisons": comparisons.to_dict("records")}
-    if len(hit):
-        row = hit.iloc[0]
-        record.update(verdict=row["verdict_adjusted"], verdict_unadjusted=row["verdict"],
-                      mean_diff=float(row["mean_diff"]), diff_ci_low=float(row["diff_ci_low"]),
-                      diff_ci_high=float(row["diff_ci_high"]), diff_ci_low_adj=float(row["diff_ci_low_adj"]),
-                      diff_ci_high_adj=float(row["diff_ci_high_adj"]), family_size=int(row["family_size"]),
-                      t_p=float(row["t_p"]), t_p_holm=float(row["t_p_holm"]), n_folds=int(row["n"]),
-                      sentence=describe_row(row))
-    else:
-        record["verdict"] = "not tested"
-    return record
+def hypothesis_record(name: str, claim: str, family: pd.DataFrame, intervals: pd.DataFrame, primary_set: str,
+                      pairs: Sequence[tuple[str, str]] = CLAIM_PAIRS) -> dict[str, Any]:
+    """A hypothesis: its `compare_family` rows (every verdict), the intervals of its arms, and the primary row: the
+    first of `pairs` that was run, on AUC in `primary_set` ('not tested' when none was run)."""
+    record = {"name": name, "claim": claim, "family": family.to_dict("records"),
+              "intervals": intervals.to_dict("records")}
+    run = [(a, b) for a, b in pairs if len(family) and ((family["a"] == a) & (family["b"] == b)).any()]
+    if not run:
+        return record | {"primary": None, "verdict": "not tested"}
+    a, b = run[0]
+    hit = family[(family["a"] == a) & (family["b"] == b) & (family["set"] == primary_set) & (family["metric"] == "auc")]
+    record["primary"] = {"a": a, "b": b, "set": primary_set, "metric": "auc"}
+    if hit.empty:
+        return record | {"verdict": "not tested"}
+    row = hit.iloc[0]
+    return record | {"verdict": row["verdict"], "sentence": describe_family_row(row)}
 
 
 def describe_hypothesis(record: dict[str, Any]) -> str:
-    """One computed sentence about a hypothesis record."""
-    p = record["primary"]
+    """One computed sentence about a hypothesis record's primary comparison."""
     if record["verdict"] == "not tested":
-        return f"{record['name']} ({record['claim']}): not tested ({p['a']} or {p['b']} missing)."
+        return f"{record['name']} ({record['claim']}): not tested (no pair of its arms was run)."
     return f"{record['name']} ({record['claim']}): {record['sentence']}."
 
 
-def reported_metrics(prefix: str) -> list[str]:
-    """`{prefix}_auc`, `_ap`, `_accuracy`: the metrics shown for one evaluation set."""
-    return [f"{prefix}_{m}" for m in REPORTED_METRICS]
-
-
-def summary_table(folds: pd.DataFrame, metrics: Sequence[str], by: str = "condition") -> pd.DataFrame:
-    """`mean ± std [95 % CI]` over folds: one row per level of `by`, one column per metric."""
-    return summary_wide(fold_summary(folds, by, metrics), by=by)
-
-
-def claim_record(name: str, claim: str, folds: pd.DataFrame, prefix: str, by: str = "condition",
-                 pairs: Sequence[tuple[str, str]] = CLAIM_PAIRS) -> dict[str, Any]:
-    """`hypothesis_record` of `pairs` on `{prefix}_auc` and `{prefix}_ap` (one family); the claim is the first pair
-    on `{prefix}_auc`."""
-    return hypothesis_record(name, claim, folds, by, pairs, [f"{prefix}_{m}" for m in FAMILY_METRICS],
-                             (*pairs[0], f"{prefix}_auc"))
-
-
-def record_tests(record: dict[str, Any]) -> pd.DataFrame:
-    """The family of paired comparisons of a hypothesis record, as a table."""
-    return pd.DataFrame(record["comparisons"])
-
-
-def tests_view(tests: pd.DataFrame) -> pd.DataFrame:
-    """The `TEST_COLUMNS` of a `paired_family` table (an empty table as it is)."""
-    return tests[TEST_COLUMNS] if len(tests) else tests
-
-
-def fold_ensemble_tests(predictions: pd.DataFrame, by: str = "condition",
-                        pairs: Sequence[tuple[str, str]] = CLAIM_PAIRS) -> pd.DataFrame:
-    """DeLong and McNemar on the fold ensembles (`lib.evaluation.compare.test_set_comparison`) for every pair whose
-    two arms were run."""
-    present = set(predictions[by])
-    return pd.DataFrame([test_set_comparison(predictions, by, a, b) for a, b in pairs if {a, b} <= present])
+def family_lines(record: dict[str, Any]) -> list[str]:
+    """One computed sentence per comparison of a hypothesis other than its primary one."""
+    p = record.get("primary") or {}
+    return [f"{record['name']}: {describe_family_row(r)}." for r in record["family"]
+            if not (r["a"] == p.get("a") and r["b"] == p.get("b") and r["set"] == p.get("set"))
+            and r["metric"] == "auc"]
 
 
 @dataclass
 class AblationResult:
-    """Scale ablation: fold summaries of every scale set, and its paired tests against the reference set."""
+    """Scale ablation: every scale set's intervals, its `compare_family` rows against the reference set, and the set
+    with the highest out-of-fold AUC (chosen on validation only)."""
 
     reference: str
-    summary: pd.DataFrame
-    tests: pd.DataFrame
+    intervals: pd.DataFrame
+    family: pd.DataFrame
+    best: str
 
     def record(self) -> dict[str, Any]:
-        return {"reference": self.reference, "per_model": self.summary.to_dict("records"),
-                "comparisons": self.tests.to_dict("records")}
+        return {"reference": self.reference, "best_oof": self.best, "intervals": self.intervals.to_dict("records"),
+                "family": self.family.to_dict("records")}
 
 
-def compare_ablation(cv: pd.DataFrame, arms: Sequence[Arm]) -> AblationResult:
-    """Every scale set against the first arm's (the reference), paired over folds on test AUC and AP as one family."""
+def best_on_validation(oof: pd.DataFrame, by: str = "condition", metric: str = "auc") -> str:
+    """The level with the highest out-of-fold estimate of `metric` in `metric_intervals` rows of the oof set (a
+    choice: any other set, or a test column, raises)."""
+    oof = require_validation(oof, "best_on_validation")
+    oof = oof[oof["metric"] == metric]
+    if oof.empty:
+        raise ValueError("best_on_validation: no out-of-fold rows")
+    return str(oof.sort_values("estimate", ascending=False, kind="stable").iloc[0][by])
+
+
+def compare_ablation(predictions: pd.DataFrame, arms: Sequence[Arm], n_boot: int = N_BOOT) -> AblationResult:
+    """Every scale set against the first arm's (the reference) with `compare_family` on oof and test AUC."""
     reference = arms[0].condition
-    pairs = [(a.condition, reference) for a in arms[1:]]
-    return AblationResult(reference, fold_summary(cv, "condition", reported_metrics("test")),
-                          paired_family(cv, "condition", pairs, [f"test_{m}" for m in FAMILY_METRICS]))
+    pairs = present_pairs(predictions, [(a.condition, reference) for a in arms[1:]])
+    intervals = metric_intervals(predictions, "condition", sets=H2_SETS, n_boot=n_boot)
+    rank = {a.condition: k for k, a in enumerate(arms)}  # the reference first, then the sets as given
+    intervals = intervals.sort_values("condition", key=lambda c: c.map(rank), kind="stable", ignore_index=True)
+    family = compare_family(predictions, "condition", pairs, sets=H2_SETS, n_boot=n_boot) if pairs else pd.DataFrame()
+    return AblationResult(reference, intervals, family, best_on_validation(intervals[intervals["set"] == "oof"]))
 
 
 def ablation_table(cv: pd.DataFrame, ablation: AblationResult) -> pd.DataFrame:
-    """The ablation's summary (one row per scale set) with each set's number of parameters."""
-    return summary_wide(ablation.summary, by="condition").assign(
+    """The ablation's intervals (one row per scale set, oof and test AUC) with each set's number of parameters."""
+    return intervals_table(ablation.intervals).assign(
         parameters=cv.groupby("condition", sort=False)["n_parameters"].first())
 
 
@@ -456,7 +606,7 @@ def _load(run_key: str, runs_dir: str | Path) -> tuple[torch.nn.Module, tuple, t
 def attention_table(cv: pd.DataFrame, predictions: pd.DataFrame, images: np.ndarray, splits: Sequence[str] = ("test",),
                     by: str = "condition", runs_dir: str | Path = RUNS_DIR, batch_size: int = 128,
                     progress: bool = True) -> pd.DataFrame:
-    """Attention weights of every learned multi-scale fold model of `cv` on its images of `splits`.
+    """Attention weights of every learned multi-scale fold model of `cv` (two scales or more) on its images of `splits`.
 
     One row per (run, image): by, fold, run_key, row, path, source, label, split, then one column `w_<scale>` per
     scale, `argmax_scale`, `max_weight`, `entropy` (normalised by log S: 1 = uniform). `images` is the tensor cache
@@ -468,8 +618,8 @@ def attention_table(cv: pd.DataFrame, predictions: pd.DataFrame, images: np.ndar
     frames = []
     for _, run in tqdm(list(runs.iterrows()), desc="attention", disable=not progress):
         model, mean, std = _load(run["run_key"], runs_dir)
-        if getattr(model, "attention", "learned") != "learned":
-            continue
+        if getattr(model, "attention", "learned") != "learned" or len(model.scales) < 2:
+            continue  # fixed weights, or one scale (its weight is 1): nothing learned to look at
         rows = predictions[(predictions["run_key"] == run["run_key"]) & predictions["split"].isin(splits)]
         if rows.empty:
             continue
@@ -602,12 +752,32 @@ def npr_maps(image: np.ndarray, scales: Sequence[float]) -> list[np.ndarray]:
     return [npr_map(x, float(s))[0].mean(dim=0).numpy() for s in scales]
 
 
-def pick_examples(predictions: pd.DataFrame, split: str = "test", per_source: int = 1, seed: int = 0) -> pd.DataFrame:
-    """`per_source` distinct images of each source from `split` (deterministic given `seed`)."""
-    part = predictions[predictions["split"] == split].drop_duplicates("path")
+def pick_examples(frame: pd.DataFrame, split: str = "test", per_source: int = 1, seed: int = 0) -> pd.DataFrame:
+    """`per_source` distinct images of each source from `split` (deterministic given `seed`), with `row`: the
+    image's position in `frame` (a manifest with a split column: its row in the tensor cache)."""
+    part = frame.assign(row=np.arange(len(frame)))
+    part = part[part["split"] == split].drop_duplicates("path")
     shuffled = part.sample(frac=1.0, random_state=seed)
     return (shuffled.groupby("source", sort=True).head(per_source)
-            .sort_values(["label", "source"], kind="stable").reset_index(drop=True)[["path", "source", "label"]])
+            .sort_values(["label", "source"], kind="stable").reset_index(drop=True)[["row", "path", "source", "label"]])
+
+
+def npr_map_figure(examples: pd.DataFrame, images: np.ndarray, scales: Sequence[float],
+                   path: str | Path | None = None):
+    """One row per example: the pixels the model sees at evaluation (its stored window of the tensor cache `images`,
+    (N, 3, S, S) uint8), then the NPR map of that window at each scale."""
+    from lib.report.plots import image_grid
+
+    tiles, titles = [], []
+    for _, ex in examples.iterrows():
+        img = np.ascontiguousarray(images[int(ex["row"])].transpose(1, 2, 0))
+        tiles.append(img)
+        titles.append(f"{ex['source']} ({'fake' if ex['label'] else 'real'}), {img.shape[1]}x{img.shape[0]} native")
+        tiles.extend(npr_maps(img, scales))
+        titles.extend(f"NPR x{s:g}" for s in scales)
+    return image_grid(tiles, titles, ncols=1 + len(scales), size=1.8,
+                      suptitle="What the model sees: the stored window of native pixels and its NPR maps "
+                               "(channel mean of x - up(down(x, s)))", path=path)
 
 
 def evaluate_external(cv: pd.DataFrame, dataset: Any, recipe: Any, by: str = "condition",
@@ -650,24 +820,26 @@ def trained_arms(cv_h2: pd.DataFrame, cv_ablation: pd.DataFrame, cv_h3: pd.DataF
     return cv.assign(arm=cv["trained_on"] + ": " + cv["condition"])
 
 
-def external_metrics(predictions: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per-source summary (`source_summary`) and fold table (`external_*`) of the external set, by arm."""
-    per_source = source_summary(source_metrics(predictions, "arm", ("external",), ("external",)), by="arm")
-    folds = fold_metrics(predictions, "arm", ("external",), ("external",), prefix="external")
-    return per_source, folds
+def external_per_source(predictions: pd.DataFrame) -> pd.DataFrame:
+    """The external set's NPR-paper summary (`source_summary`, descriptive), by arm."""
+    return source_summary(source_metrics(predictions, "arm", ("external",), ("external",)), by="arm")
 
 
-def external_hypotheses(folds: pd.DataFrame, groups: Iterable[str]) -> list[dict[str, Any]]:
-    """One `claim_record` per training group ('all sources', 'seen sources'): its arms' claims on external AUC, AP."""
-    return [claim_record(f"external ({group})", "multi-scale attention NPR beats NPR on the external set", folds,
-                         "external", by="arm", pairs=[(f"{group}: {a}", f"{group}: {b}") for a, b in CLAIM_PAIRS])
-            for group in groups]
+def external_comparison(predictions: pd.DataFrame, groups: Iterable[str],
+                        n_boot: int = N_BOOT) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Intervals of every arm on the external set, and `compare_family` of each training group's claim pairs
+    (one family, set "external")."""
+    view = {"external": as_test_view(predictions, ("external",), ("external",))}
+    pairs = [(f"{g}: {a}", f"{g}: {b}") for g in groups for a, b in CLAIM_PAIRS]
+    return view_intervals(view, "arm", n_boot), view_family(view, pairs, "arm", n_boot)
 
 
-def external_record(dataset: Any, per_source: pd.DataFrame, hypotheses: list[dict[str, Any]]) -> dict[str, Any]:
+def external_record(dataset: Any, per_source: pd.DataFrame, intervals: pd.DataFrame,
+                    family: pd.DataFrame) -> dict[str, Any]:
     """The external set's part of npr_hypotheses.json."""
     return {"skipped": False, "root": str(dataset.root), "layout": dataset.layout, "n_images": len(dataset.manifest),
-            "per_source": per_source.to_dict("records"), "hypotheses": hypotheses}
+            "per_source": per_source.to_dict("records"), "intervals": intervals.to_dict("records"),
+            "family": family.to_dict("records")}
 
 
 def _require(frame: pd.DataFrame, columns: set[str]) -> None:
@@ -678,38 +850,31 @@ def _require(frame: pd.DataFrame, columns: set[str]) -> None:
 
 # ----------------------------------------------------------------------------- conclusions and records
 
-def model_lines(cv: pd.DataFrame) -> list[str]:
-    """One line per condition: its number of parameters and test AUC over folds."""
-    auc = fold_summary(cv, "condition", ["test_auc"]).set_index("condition")
+def model_lines(cv: pd.DataFrame, intervals: pd.DataFrame) -> list[str]:
+    """One line per condition: its number of parameters, and its oof and test AUC with intervals and group counts."""
     params = cv.groupby("condition")["n_parameters"].first()
-    return [f"{cond} ({params[cond]:,} parameters): test AUC {r['mean']:.3f} ± {r['std']:.3f} "
-            f"(95 % CI {r['ci_low']:.3f}-{r['ci_high']:.3f}, {int(r['n'])} folds)." for cond, r in auc.iterrows()]
-
-
-def attention_control_lines(h2: dict[str, Any]) -> list[str]:
-    """Does learned attention matter? H2's comparisons with the uniform-weights control on test AUC."""
-    tests = record_tests(h2)
-    if tests.empty:
-        return []
-    rows = tests[(tests["b"] == "npr_multiscale_uniform") & (tests["metric"] == "test_auc")]
-    return ["Does learned attention matter (vs fixed uniform weights)? " + describe_row(row) for _, row in rows.iterrows()]
+    auc = intervals[intervals["metric"] == "auc"]
+    lines = []
+    for cond in dict.fromkeys(auc["condition"]):
+        rows = auc[auc["condition"] == cond].set_index("set")
+        parts = [f"{name} AUC {interval_text(rows.loc[name])}" for name in rows.index]
+        lines.append(f"{cond} ({int(params[cond]):,} parameters): " + "; ".join(parts) + ".")
+    return lines
 
 
 def ablation_line(ablation: AblationResult) -> str:
-    """The scale set with the highest mean test AUC, and every set's test AUC comparison with the reference."""
-    auc = ablation.summary[ablation.summary["metric"] == "test_auc"]
-    best = auc.sort_values("mean", ascending=False).iloc[0]
-    tests = ablation.tests[ablation.tests["metric"] == "test_auc"] if len(ablation.tests) else ablation.tests
-    return (f"Scale ablation: highest mean test AUC with {best['condition']} ({best['mean']:.3f} ± {best['std']:.3f}); "
-            + "; ".join(f"{r['a']} vs {r['b']}: {r['mean_diff']:+.3f} (Holm p = {r['t_p_holm']:.3g}) -> "
-                        f"{r['verdict_adjusted']}" for _, r in tests.iterrows()) + ".")
+    """The scale set with the highest out-of-fold AUC (chosen on validation), and every set's comparison with the
+    reference."""
+    best = ablation.intervals[(ablation.intervals["condition"] == ablation.best) & (ablation.intervals["set"] == "oof")
+                              & (ablation.intervals["metric"] == "auc")].iloc[0]
+    rows = ablation.family[ablation.family["metric"] == "auc"] if len(ablation.family) else ablation.family
+    return (f"Scale ablation: highest out-of-fold AUC with {ablation.best} ({interval_text(best)}); "
+            + ("; ".join(describe_family_row(r) for _, r in rows.iterrows()) or "no set besides the reference") + ".")
 
 
-def gap_line(folds_h3: pd.DataFrame) -> str:
-    """H3's generalisation gap (seen - unseen AUC) per condition."""
-    gap = fold_summary(folds_h3, "condition", ["gap_auc"]).set_index("condition")
-    return "Generalisation gap (seen - unseen AUC): " + ", ".join(
-        f"{c} {r['mean']:+.3f} ± {r['std']:.3f}" for c, r in gap.iterrows()) + "."
+def gap_lines(gap: pd.DataFrame) -> list[str]:
+    """H3's generalisation gap (seen - unseen AUC on the same real test images) per condition."""
+    return [f"Generalisation gap of {r['condition']} (same real test images): {gap_text(r)}." for _, r in gap.iterrows()]
 
 
 def attention_line(stats: AttentionStats) -> str:
@@ -726,55 +891,123 @@ def attention_line(stats: AttentionStats) -> str:
 
 
 def external_line(external: dict[str, Any]) -> str:
-    """The external set's hypotheses, or that it was skipped."""
+    """The external set's comparisons, or that it was skipped."""
     if external["skipped"]:
         return "External test set: skipped (external_root is empty)."
-    return " ".join(describe_hypothesis(r) for r in external["hypotheses"])
+    rows = external["family"]
+    return "External test set: " + ("; ".join(describe_family_row(r) for r in rows) or "no pair of arms was run") + "."
 
 
-def conclusions(cv_h2: pd.DataFrame, h2: dict[str, Any], ablation: AblationResult, attention: AttentionStats,
-                external: dict[str, Any], h3: dict[str, Any], folds_h3: pd.DataFrame | None = None,
-                sources_note: str = "") -> list[str]:
-    """Notebook 08's computed conclusions; `folds_h3` None means H3 was not run."""
+def conclusions(input_line: str, cv_h2: pd.DataFrame, h2: dict[str, Any], ablation: AblationResult,
+                attention: AttentionStats, external: dict[str, Any], h3: dict[str, Any],
+                gap: pd.DataFrame | None = None, image_note: str = "", sources_note: str = "") -> list[str]:
+    """Notebook 08's computed conclusions; `gap` None means H3 was not run."""
     lines = [f"H3: {sources_note}"] if sources_note else []
-    lines += [*model_lines(cv_h2), describe_hypothesis(h2), *attention_control_lines(h2), ablation_line(ablation)]
-    lines += ["H3 was not run (run_h3 is false)."] if folds_h3 is None else [describe_hypothesis(h3), gap_line(folds_h3)]
+    lines += [input_line, *model_lines(cv_h2, pd.DataFrame(h2["intervals"])), describe_hypothesis(h2), *family_lines(h2)]
+    lines += [ablation_line(ablation)]
+    if gap is None:
+        lines += ["H3 was not run (run_h3 is false)."]
+    else:
+        lines += [describe_hypothesis(h3), *family_lines(h3), *gap_lines(gap)]
+    lines += [image_note] if image_note else []
     return lines + [attention_line(attention), external_line(external)]
 
 
 def hypotheses_record(settings: dict[str, Any], h2: dict[str, Any], h3: dict[str, Any], ablation: AblationResult,
                       attention: AttentionStats, external: dict[str, Any], lines: list[str],
-                      runs: dict[str, pd.DataFrame | None]) -> dict[str, Any]:
+                      runs: dict[str, pd.DataFrame | None], gap: pd.DataFrame | None = None) -> dict[str, Any]:
     """Everything notebook 08 found, for npr_hypotheses.json; `runs`: the fold table of each part (None: not run),
     whose run keys are listed."""
-    return {"settings": settings, "H2": h2, "H3": h3, "ablation": ablation.record(), "attention": attention.record(),
-            "external": external, "conclusions": lines,
+    return {"settings": settings, "H2": h2, "H3": h3 | {"gap": [] if gap is None else gap.to_dict("records")},
+            "ablation": ablation.record(), "attention": attention.record(), "external": external, "conclusions": lines,
             "run_keys": {part: [] if cv is None else cv["run_key"].tolist() for part, cv in runs.items()}}
 
 
-def headline_table(cv_h2: pd.DataFrame, folds_h3: pd.DataFrame | None = None) -> pd.DataFrame:
-    """The index page's table: H2 test AUC and AP per condition, and H3 unseen and seen AUC when H3 was run."""
-    table = summary_table(cv_h2, ["test_auc", "test_ap"]).add_prefix("H2 ")
-    if folds_h3 is not None:
-        table = table.join(summary_table(folds_h3, ["unseen_auc", "seen_auc"]).add_prefix("H3 "))
-    return table.reset_index(names="condition")
+def headline_table(h2_intervals: pd.DataFrame, h3_intervals: pd.DataFrame | None = None,
+                   gap: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The index page's table, one row per condition: H2 oof and test AUC, and H3 unseen and seen AUC and the gap
+    when H3 was run; each cell an interval with its group counts."""
+    table = intervals_table(h2_intervals).add_prefix("H2 ").add_suffix(" AUC")
+    if h3_intervals is not None:
+        table = table.join(intervals_table(h3_intervals).add_prefix("H3 ").add_suffix(" AUC"), how="outer")
+    if gap is not None and len(gap):
+        table = table.join(gap.set_index("condition").apply(
+            lambda r: f"{r['gap']:+.3f}" + ("" if pd.isna(r["ci_low"]) else f" [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"),
+            axis=1).rename("H3 gap (seen - unseen)"), how="outer")
+    order = list(dict.fromkeys([*h2_intervals["condition"], *([] if h3_intervals is None else h3_intervals["condition"])]))
+    return table.reindex(order).reset_index(names="condition")
 
 
 # ----------------------------------------------------------------------------- figures
 
-def fold_points_figure(folds: pd.DataFrame, metrics: Sequence[str], label: str, by: str = "condition",
-                       path: str | Path | None = None):
-    """One panel per metric: each fold's value per level of `by` (colour: fold), the mean and its 95 % CI in black."""
+def _interval_points(ax, frame: pd.DataFrame, x: str, hue: str, value: str = "estimate", order: Sequence | None = None):
+    """Points with asymmetric error bars (ci_low, ci_high), one colour per level of `hue`, dodged along x."""
+    levels = list(dict.fromkeys(frame[x])) if order is None else list(order)
+    hues = list(dict.fromkeys(frame[hue]))
+    width = 0.6 / max(len(hues), 1)
+    for k, h in enumerate(hues):
+        sub = frame[frame[hue] == h].set_index(x).reindex(levels)
+        pos = np.arange(len(levels)) - 0.3 + width * (k + 0.5)
+        est = sub[value].to_numpy(dtype=float)
+        low = np.where(sub["ci_low"].isna(), est, sub["ci_low"].to_numpy(dtype=float))
+        high = np.where(sub["ci_high"].isna(), est, sub["ci_high"].to_numpy(dtype=float))
+        ax.errorbar(pos, est, yerr=[est - low, high - est], fmt="o", capsize=3, label=str(h))
+    ax.set_xticks(np.arange(len(levels)), [str(v) for v in levels], fontsize=8)
+    return levels
+
+
+def scale_figure(intervals: pd.DataFrame, family: pd.DataFrame, arms: Sequence[Arm], title: str = "H2",
+                 path: str | Path | None = None):
+    """H2 per scale: each arm's AUC (oof and test, group-bootstrap 95 % interval) labelled with its scales, and each
+    claimed pair's paired difference with its Holm-stepped interval (`compare_family`)."""
     import matplotlib.pyplot as plt
-    import seaborn as sns
 
     from lib.report.plots import save
 
-    fig, axes = plt.subplots(1, len(metrics), figsize=(11, 3.8), squeeze=False)
-    for axis, metric in zip(axes[0], metrics):
-        sns.pointplot(folds, x=by, y=metric, errorbar=("ci", 95), linestyle="none", ax=axis, color="black")
-        sns.stripplot(folds, x=by, y=metric, hue="fold", ax=axis, palette="tab10", size=6)
-        axis.set_title(f"{label}: {metric} per fold (black: mean and 95 % CI)")
+    scales = {a.condition: f"{a.condition}\n({'+'.join(f'{s:g}' for s in a.scales)}"
+                           f"{', uniform' if a.kwargs.get('attention') == 'uniform' else ''})" for a in arms}
+    auc = intervals[intervals["metric"] == "auc"].assign(label=lambda t: t["condition"].map(scales).fillna(t["condition"]))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.2), gridspec_kw={"width_ratios": [1.2, 1]})
+    _interval_points(axes[0], auc, "label", "set")
+    axes[0].set_ylabel("AUC")
+    axes[0].set_title(f"{title}: AUC per arm and scales (95 % group-bootstrap interval)")
+    axes[0].legend(title="set", fontsize=8)
+    rows = family[family["metric"] == "auc"] if len(family) else family
+    if len(rows):
+        rows = rows.assign(pair=rows["a"] + " -\n" + rows["b"])
+        _interval_points(axes[1], rows, "pair", "set", value="diff")
+        axes[1].axhline(0, color="grey", lw=0.8, ls="--")
+        axes[1].legend(title="set", fontsize=8)
+    axes[1].set_ylabel("AUC difference (a - b)")
+    axes[1].set_title("paired differences, Holm-stepped intervals")
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def h3_figure(per_source: pd.DataFrame, gap: pd.DataFrame, path: str | Path | None = None):
+    """H3: AUC per fake source (each against the real test images; unseen sources marked) per arm, and each arm's
+    seen and unseen AUC joined by its gap (interval of the paired gap in the label)."""
+    import matplotlib.pyplot as plt
+
+    from lib.report.plots import save
+
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4.2), gridspec_kw={"width_ratios": [1.6, 1]})
+    src = per_source[per_source["metric"] == "auc"].assign(
+        label=lambda t: np.where(t["in_training"] == "unseen", t["source"] + UNSEEN, t["source"]))
+    order = [*src.loc[src["in_training"] == "seen", "label"].unique(), *src.loc[src["in_training"] == "unseen", "label"].unique()]
+    _interval_points(axes[0], src, "label", "condition", order=order)
+    axes[0].set_ylabel("AUC (fold ensemble)")
+    axes[0].set_title("H3: AUC per generator against the real test images (95 % group-bootstrap interval)")
+    axes[0].legend(fontsize=8)
+    for k, (_, r) in enumerate(gap.iterrows()):
+        axes[1].plot([0, 1], [r["seen_auc"], r["unseen_auc"]], marker="o", label=(
+            f"{r['condition']}: gap {r['gap']:+.3f}" + ("" if pd.isna(r["ci_low"]) else
+                                                         f" [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]")))
+    axes[1].set_xticks([0, 1], ["seen sources", "unseen sources"])
+    axes[1].set_xlim(-0.3, 1.3)
+    axes[1].set_ylabel("AUC (same real test images)")
+    axes[1].set_title("seen vs unseen: the paired gap")
+    axes[1].legend(fontsize=8)
     fig.tight_layout()
     return save(fig, path)
 
@@ -805,19 +1038,3 @@ def attention_figure(att: pd.DataFrame, title: str = "", path: str | Path | None
         fig.suptitle(title)
     fig.tight_layout()
     return save(fig, path)
-
-
-def npr_map_figure(examples: pd.DataFrame, scales: Sequence[float], path: str | Path | None = None, ncols_max: int = 6):
-    """One row per example image (from its file, native size): the image, then its NPR map at each scale."""
-    from lib.data.imageio import load_rgb
-    from lib.report.plots import image_grid
-
-    tiles, titles = [], []
-    for _, ex in examples.iterrows():
-        img = load_rgb(ex["path"])
-        tiles.append(img)
-        titles.append(f"{ex['source']} ({'fake' if ex['label'] else 'real'})")
-        tiles.extend(npr_maps(img, scales))
-        titles.extend(f"NPR x{s:g}" for s in scales)
-    return image_grid(tiles, titles, ncols=1 + len(scales), size=1.8,
-                      suptitle="NPR maps (channel mean of x - up(down(x, s)))", path=path)

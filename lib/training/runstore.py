@@ -63,7 +63,8 @@ class RunSpec:
         # A model whose architecture or initialisation changed carries a new revision, so that its old runs are not
         # reused; revision 0 leaves the key as it always was (keys never depend on module paths).
         revision = model_revision(self.model)
-        return stable_hash(self) if revision == 0 else stable_hash({"run": self, "model_revision": revision})
+        run = {**asdict(self), "recipe": self.recipe.to_dict()}  # the recipe's own form: options left off keep keys
+        return stable_hash(run) if revision == 0 else stable_hash({"run": run, "model_revision": revision})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -92,3 +92,99 @@ def test_evaluation_batches_are_the_cache_and_only_training_augments():
     augmented = pixels(training)  # one batch of 10, sorted rows -> same order as the cache
     assert not torch.equal(augmented, first)
     assert not torch.equal(augmented, pixels(training))  # fresh random parameters each pass
+
+
+# ----------------------------------------------------------------------------- native crop (NPR's input)
+
+def _windows(x, c):
+    """Every c x c window of every sample of x, and of its mirror image, as bytes."""
+    out = []
+    for img in (x, x.flip(-1)):
+        h, w = img.shape[-2:]
+        out.append({img[..., t:t + c, l:l + c].numpy().tobytes() for t in range(h - c + 1) for l in range(w - c + 1)})
+    return out[0] | out[1]
+
+
+@pytest.mark.parametrize("hflip_p", [0.0, 0.5])
+def test_native_crop_never_resamples_each_output_is_a_window_of_its_input(hflip_p):
+    x = torch.randint(0, 256, (16, 3, 12, 15), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    before = x.clone()
+    out = AugmentPolicy(hflip_p=hflip_p, crop=8)(x, torch.Generator().manual_seed(1))
+    assert out.dtype == torch.uint8 and out.shape == (16, 3, 8, 8)
+    assert torch.equal(x, before)
+    for i in range(16):  # bit-identical: a window of the sample's own pixels (mirrored when flipped)
+        own = _windows(x[i], 8) if hflip_p else {x[i, :, t:t + 8, l:l + 8].numpy().tobytes()
+                                                 for t in range(5) for l in range(8)}
+        assert out[i].numpy().tobytes() in own
+    # per-sample offsets: eight copies of one image get different windows
+    same = x[:1].repeat(8, 1, 1, 1)
+    crops = AugmentPolicy(hflip_p=0.0, crop=8)(same, torch.Generator().manual_seed(2))
+    assert len({crops[i].numpy().tobytes() for i in range(8)}) > 1
+
+
+def test_native_crop_reaches_every_offset_and_a_full_size_crop_is_the_image():
+    # pixel value = its column: the crop's first column is its left offset
+    cols = torch.arange(10, dtype=torch.uint8).view(1, 1, 1, 10).expand(64, 3, 4, 10).contiguous()
+    out = AugmentPolicy(hflip_p=0.0, crop=4)(cols, torch.Generator().manual_seed(0))
+    assert set(out[:, 0, 0, 0].tolist()) == set(range(7))
+    x = _batch()
+    assert torch.equal(AugmentPolicy(hflip_p=0.0, crop=16)(x, torch.Generator().manual_seed(0)), x)
+
+
+def test_native_crop_with_value_steps_still_crops_first():
+    x = _batch()
+    out = AugmentPolicy(hflip_p=0.0, crop=8, brightness=0.2, noise_std=0.01)(x, torch.Generator().manual_seed(0))
+    assert out.shape == (8, 3, 8, 8)
+
+
+def test_native_crop_is_checked():
+    with pytest.raises(ValueError, match="replaces the resized crop"):
+        AugmentPolicy(crop=8, crop_scale=(0.5, 1.0))
+    with pytest.raises(ValueError, match="int >= 0"):
+        AugmentPolicy(crop=-1)
+    with pytest.raises(ValueError, match="at least 32x32"):
+        AugmentPolicy(crop=32)(_batch())
+
+
+def test_crop_left_at_its_default_keeps_every_run_key():
+    from dataclasses import fields, replace
+    import pickle
+
+    from lib.fileio import stable_hash
+    from lib.training.fit import TrainConfig
+
+    # keys computed before the field existed (a run's key hashes dataclasses.asdict of its spec)
+    assert stable_hash(TrainConfig(augment=AugmentPolicy(crop_scale=(0.5, 1.0), jpeg_p=0.3))) == "fb7c3f7e3110b8ea"
+    assert stable_hash(TrainConfig(augment=AugmentPolicy())) == "ffb371744f0f8656"
+    assert "crop" not in AugmentPolicy().to_dict() and "crop" not in {f.name for f in fields(AugmentPolicy())}
+    cropped = AugmentPolicy(crop=8)
+    assert cropped.to_dict()["crop"] == 8 and cropped != AugmentPolicy()
+    assert stable_hash(TrainConfig(augment=cropped)) != stable_hash(TrainConfig(augment=AugmentPolicy()))
+    for policy in (cropped, AugmentPolicy()):
+        assert pickle.loads(pickle.dumps(policy)) == policy  # the processes executor pickles configs
+        cfg = TrainConfig(augment=policy)
+        assert TrainConfig.from_dict(cfg.to_dict()) == cfg  # stored runs load back
+    assert replace(AugmentPolicy(), crop=4).crop == 4 and replace(cropped, hflip_p=0.0).crop == 8
+
+
+def test_training_batches_are_crops_and_evaluation_batches_the_whole_cached_window():
+    from lib.training.fit import predict_logits
+
+    images = _batch(10).numpy()
+    identity = dict(mean=(0.0, 0.0, 0.0), std=(1 / 255,) * 3)
+    training = BatchLoader(images, None, np.arange(10), batch_size=10, shuffle=True, seed=0,
+                           augment=AugmentPolicy(crop=8), **identity)
+    (x, _), = list(training)
+    assert x.shape == (10, 3, 8, 8)
+    for i in range(10):
+        assert x[i].to(torch.uint8).numpy().tobytes() in _windows(torch.from_numpy(images[i]), 8)
+
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, batch):
+            seen.append(batch.clone())
+            return batch.mean(dim=(1, 2, 3))
+
+    predict_logits(Probe(), images, np.arange(10), batch_size=4, device="cpu", **identity)
+    assert torch.equal(torch.cat(seen), torch.from_numpy(images).float())  # whole window, never augmented

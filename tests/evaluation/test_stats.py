@@ -139,3 +139,14 @@ def test_verdict():
     assert S.verdict(float("nan"), 0.1) == "inconclusive"
     with pytest.raises(ValueError):
         S.verdict(0, 1, direction="two-sided")
+
+
+def test_holm_levels_are_consistent_with_the_step_down():
+    holm_levels, holm = S.holm_levels, S.holm
+    p = np.array([0.001, 0.04, 0.02, np.nan])
+    levels = holm_levels(p)
+    # ranks: 0.001 (0.05/3, rejected), 0.02 (0.05/2 = 0.025, rejected), 0.04 (0.05/1, rejected)
+    assert levels[0] == pytest.approx(0.05 / 3) and levels[2] == pytest.approx(0.025) and levels[1] == pytest.approx(0.05)
+    stopped = holm_levels([0.001, 0.03, 0.04])   # 0.03 > 0.05/2: the step-down stops, the rest keep that level
+    assert stopped[0] == pytest.approx(0.05 / 3) and stopped[1] == stopped[2] == pytest.approx(0.025)
+    assert (holm(np.array([0.001, 0.03, 0.04])) <= 0.05).tolist() == [True, False, False]
