@@ -109,9 +109,15 @@ def dataset_face_grid(manifest: pd.DataFrame, boxes: pd.DataFrame, recipe: Recip
     return images, titles
 
 
-def class_detection_rates(rates: pd.DataFrame) -> pd.DataFrame:
-    """Images, detected faces and detection rate per class, from the per-source `detection_rates` table."""
-    return rates.groupby("class")[["n", "faces"]].sum().assign(rate=lambda t: t["faces"] / t["n"])
+def class_detection_rates(rates: pd.DataFrame, manifest: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Images, detected faces and detection rate per class, from the per-source `detection_rates` table; with the
+    ``manifest`` it was computed on, also the number of groups (independent photographs or identities) per class."""
+    out = rates.groupby("class")[["n", "faces"]].sum().assign(rate=lambda t: t["faces"] / t["n"])
+    if manifest is not None:
+        classes = np.where(manifest["label"].to_numpy() == 1, "fake", "real")
+        groups = manifest["group"].groupby(classes).nunique()
+        out["groups"] = groups.reindex(out.index).fillna(0).astype(int)
+    return out
 
 
 def plot_detection_rates(rates: pd.DataFrame, path: str | Path | None = None):
@@ -157,27 +163,50 @@ def normalization_table(real_mean: Sequence[float], real_std: Sequence[float]) -
 
 
 def normalization_record(real_mean: Sequence[float], real_std: Sequence[float], n_images: int,
-                         recipe: Recipe) -> dict:
-    """The normalisation statistics later notebooks read (normalization.json)."""
-    return {"imagenet": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
-            "real_train": {"mean": list(map(float, real_mean)), "std": list(map(float, real_std)),
-                           "n_images": int(n_images), "recipe": recipe.key}}
+                         recipe: Recipe, n_groups: int | None = None) -> dict:
+    """The normalisation statistics later notebooks read (normalization.json), with the images and groups they come
+    from."""
+    real = {"mean": list(map(float, real_mean)), "std": list(map(float, real_std)), "n_images": int(n_images),
+            "recipe": recipe.key}
+    if n_groups is not None:
+        real["n_groups"] = int(n_groups)
+    return {"imagenet": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}, "real_train": real}
 
 
 # ----------------------------------------------------------------------------- conclusions
 
+def real_training_groups(manifest: pd.DataFrame, rows: np.ndarray) -> int:
+    """Number of groups (photographs) among the given manifest rows."""
+    return int(manifest["group"].iloc[np.asarray(rows, dtype=int)].nunique())
+
+
+def _class_counts(class_rates: pd.DataFrame, cls: str) -> str:
+    if cls not in class_rates.index or "n" not in class_rates:
+        return ""
+    groups = f", {int(class_rates.at[cls, 'groups'])} groups" if "groups" in class_rates else ""
+    return f" ({int(class_rates.at[cls, 'n'])} images{groups})"
+
+
 def conclusions(summary: pd.DataFrame, class_rates: pd.DataFrame, bundled_boxes: pd.DataFrame,
-                real_mean: Sequence[float], n_folds: int) -> list[str]:
-    """The notebook's conclusion lines: split soundness, face detection rates, normalisation statistics."""
+                real_mean: Sequence[float], n_folds: int, real_images: int | None = None,
+                real_groups: int | None = None) -> list[str]:
+    """The notebook's conclusion lines: split soundness, face detection rates, normalisation statistics, each with
+    the images and groups behind it when known. Descriptive only: this notebook trains nothing and chooses nothing
+    (Phase 2 decides whether a face-rate gap rules the face crop out, on the train+validation images)."""
     overlap = int(summary["shared_groups"].fillna(0).sum())  # "unused" rows are never read: NA
     lines = [f"Split table: {n_folds} folds + test hold-out; groups shared between roles: {overlap} "
              f"({'sound' if overlap == 0 else 'LEAK'})."]
     rate = class_rates["rate"].to_dict()
     gap = abs(rate.get("real", 0) - rate.get("fake", 0))
     gap_note = "a difference this large is itself a shortcut for face-crop models" if gap > 0.1 else "rates are similar"
-    lines.append(f"MTCNN finds a face in {rate.get('real', float('nan')):.0%} of real and "
-                 f"{rate.get('fake', float('nan')):.0%} of fake images; {gap_note}; "
+    lines.append(f"MTCNN finds a face in {rate.get('real', float('nan')):.0%} of real"
+                 f"{_class_counts(class_rates, 'real')} and {rate.get('fake', float('nan')):.0%} of fake images"
+                 f"{_class_counts(class_rates, 'fake')}; {gap_note}; "
                  f"{int(bundled_boxes['found'].sum())}/{len(bundled_boxes)} bundled face photographs detected.")
-    lines.append("Real-only training statistics (R, G, B) mean " + ", ".join(f"{m:.3f}" for m in real_mean)
+    source = ""
+    if real_images is not None:
+        source = f" over {int(real_images)} real train+validation images" + (
+            f" ({int(real_groups)} groups)" if real_groups is not None else "")
+    lines.append(f"Real-only training statistics (R, G, B){source} mean " + ", ".join(f"{m:.3f}" for m in real_mean)
                  + " vs ImageNet " + ", ".join(f"{m:.3f}" for m in IMAGENET_MEAN) + ".")
     return lines

@@ -66,7 +66,11 @@ def test_class_detection_rates_pool_the_sources():
     rates = pd.DataFrame({"class": ["fake", "fake", "real"], "source": ["a", "b", "real"], "n": [10, 30, 20],
                           "faces": [10, 10, 5], "rate": [1.0, 1 / 3, 0.25]})
     pooled = preprocessing.class_detection_rates(rates)
-    assert pooled.loc["fake", "rate"] == 0.5 and pooled.loc["real", "n"] == 20
+    assert pooled.loc["fake", "rate"] == 0.5 and pooled.loc["real", "n"] == 20 and "groups" not in pooled
+    # with the manifest: the groups (photographs) behind each class
+    manifest = MANIFEST.assign(group=["p1", "p1", "p2", "p1", "p3"])
+    pooled = preprocessing.class_detection_rates(rates, manifest)
+    assert pooled.loc["real", "groups"] == 2 and pooled.loc["fake", "groups"] == 2
 
 
 def test_augmentation_grid_before_then_after_in_sorted_rows():
@@ -78,7 +82,9 @@ def test_augmentation_grid_before_then_after_in_sorted_rows():
 
 def test_real_training_rows_exclude_fakes_and_the_test_hold_out():
     splits = pd.DataFrame({"split": ["trainval", "test", "trainval", "trainval", "test"]})
-    assert preprocessing.real_training_rows(MANIFEST, splits).tolist() == [0, 2]
+    rows = preprocessing.real_training_rows(MANIFEST, splits)
+    assert rows.tolist() == [0, 2]
+    assert preprocessing.real_training_groups(MANIFEST.assign(group=["a", "b", "a", "c", "c"]), rows) == 1
 
 
 def test_normalization_record_and_table():
@@ -87,6 +93,8 @@ def test_normalization_record_and_table():
     expected = {"mean": [0.1, 0.2, 0.3], "std": [0.4, 0.5, 0.6], "n_images": 7, "recipe": recipe.key}
     assert record["real_train"] == expected
     assert all(type(v) is float for v in record["real_train"]["mean"])
+    with_groups = preprocessing.normalization_record((0.1, 0.2, 0.3), (0.4, 0.5, 0.6), 7, recipe, n_groups=3)
+    assert with_groups["real_train"] == {**expected, "n_groups": 3}
     table = preprocessing.normalization_table([0.1, 0.2, 0.3], [0.4, 0.5, 0.6])
     assert table.loc["G", "real_train_mean"] == 0.2 and list(table.index) == ["R", "G", "B"]
 
@@ -100,6 +108,14 @@ def test_conclusions_computed_from_the_tables():
     assert lines[1] == ("MTCNN finds a face in 50% of real and 90% of fake images; a difference this large is itself "
                         "a shortcut for face-crop models; 2/3 bundled face photographs detected.")
     assert lines[2].startswith("Real-only training statistics (R, G, B) mean 0.500, 0.400, 0.300 vs ImageNet 0.485")
+    counted = pd.DataFrame({"n": [40, 20], "faces": [36, 10], "rate": [0.9, 0.5], "groups": [12, 3]},
+                           index=["fake", "real"])
+    lines = preprocessing.conclusions(summary, counted, bundled, (0.5, 0.4, 0.3), n_folds=5, real_images=18,
+                                      real_groups=3)
+    assert lines[1].startswith("MTCNN finds a face in 50% of real (20 images, 3 groups) and 90% of fake images "
+                               "(40 images, 12 groups); ")
+    assert lines[2].startswith("Real-only training statistics (R, G, B) over 18 real train+validation images "
+                               "(3 groups) mean 0.500")
     leaky = pd.DataFrame({"shared_groups": pd.array([2, 0], dtype="Int64")})
     similar = pd.DataFrame({"rate": [0.5, 0.55]}, index=["fake", "real"])
     lines = preprocessing.conclusions(leaky, similar, bundled, (0.5, 0.4, 0.3), n_folds=5)
