@@ -167,17 +167,83 @@ def compare_family(predictions: pd.DataFrame, by: str, pairs: Sequence[tuple[str
                 diffs.append(reps_a - reps_b if ok else None)
         if not rows:
             continue
-        table = pd.DataFrame(rows).reindex(columns=FAMILY_COLUMNS)
-        p = table["p"].to_numpy(dtype=float)
-        table["p_holm"] = holm(p)
-        table["level"] = 1 - holm_levels(p, alpha)
-        bounds = [percentile_interval(d, level) if d is not None else (math.nan, math.nan)
-                  for d, level in zip(diffs, table["level"])]
-        table["ci_low"], table["ci_high"] = [lo for lo, _ in bounds], [hi for _, hi in bounds]
-        table["claim"] = [f"{a} {'>' if direction == 'greater' else '<'} {b}" for a, b in zip(table["a"], table["b"])]
-        table["verdict"] = [verdict(lo, hi, direction) for lo, hi in zip(table["ci_low"], table["ci_high"])]
+        table = _finish_family(pd.DataFrame(rows).reindex(columns=FAMILY_COLUMNS), diffs, direction, alpha)
         tables.append(table)
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=FAMILY_COLUMNS)
+
+
+def _finish_family(table: pd.DataFrame, diffs: list, direction: str, alpha: float) -> pd.DataFrame:
+    """Holm over one family: adjusted p, Holm-consistent intervals of the replicate differences, claim, verdict."""
+    p = table["p"].to_numpy(dtype=float)
+    table["p_holm"] = holm(p)
+    table["level"] = 1 - holm_levels(p, alpha)
+    bounds = [percentile_interval(d, level) if d is not None else (math.nan, math.nan)
+              for d, level in zip(diffs, table["level"])]
+    table["ci_low"], table["ci_high"] = [lo for lo, _ in bounds], [hi for _, hi in bounds]
+    table["claim"] = [f"{a} {'>' if direction == 'greater' else '<'} {b}" for a, b in zip(table["a"], table["b"])]
+    table["verdict"] = [verdict(lo, hi, direction) for lo, hi in zip(table["ci_low"], table["ci_high"])]
+    return table
+
+
+def compare_auc_shared_negatives(frames: pd.DataFrame, by: str, pairs: Sequence[tuple[str, str]],
+                                 direction: str = "greater", set_name: str = "test", n_boot: int = N_BOOT,
+                                 seed: int = 0, alpha: float = 0.05, confidence: float = 0.95) -> pd.DataFrame:
+    """The one comparison rule for two AUCs that share their real images but not their fakes.
+
+    ``frames``: one prediction per (level of ``by``, image), with path, label, group, probability (e.g. fold
+    ensembles). Side a and side b each score the SAME real images (matched by path; only the reals both scored are
+    kept) against their OWN fakes, each with its own predictions: e.g. a source's fakes scored by models trained
+    without it against the same real test photographs scored by those models, vs the source's fakes and the same
+    reals scored by the models trained with it. `compare_family` pairs by image, so it cannot pair these sides.
+
+    Per pair: groups resampled (stratified by label mix, `cluster_bootstrap_counts`) over the union of both sides'
+    groups, the same replicate weighting both sides; a - b per replicate. The pairs form one family: Holm-adjusted p,
+    Holm-consistent intervals, verdict as in `compare_family`. Columns: `FAMILY_COLUMNS`
+    (real counts = the shared reals, fake counts = both sides' fakes) plus each side's own 95 % interval
+    (a_ci_low, a_ci_high, b_ci_low, b_ci_high) and its fake groups (fake_groups_a, fake_groups_b)."""
+    rows, diffs = [], []
+    for a, b in pairs:
+        side_a, side_b = frames[frames[by] == a], frames[frames[by] == b]
+        shared = set(side_a.loc[side_a["label"] == 0, "path"]) & set(side_b.loc[side_b["label"] == 0, "path"])
+        side_a = side_a[(side_a["label"] == 1) | side_a["path"].isin(shared)].reset_index(drop=True)
+        side_b = side_b[(side_b["label"] == 1) | side_b["path"].isin(shared)].reset_index(drop=True)
+        both = pd.concat([side_a, side_b], ignore_index=True)
+        reals = side_a[side_a["label"] == 0]
+        fakes = both[both["label"] == 1]
+        groups_of = lambda f: (f["group"] if "group" in f else f["path"]).astype(str)  # noqa: E731
+        row = {"a": a, "b": b, "set": set_name, "metric": "auc",
+               "real_groups": int(groups_of(reals).nunique()), "fake_groups": int(groups_of(fakes).nunique()),
+               "real_images": int(len(reals)), "fake_images": int(len(fakes)),
+               "fake_groups_a": int(groups_of(side_a[side_a["label"] == 1]).nunique()),
+               "fake_groups_b": int(groups_of(side_b[side_b["label"] == 1]).nunique())}
+        if not shared or not row["fake_groups_a"] or not row["fake_groups_b"]:
+            rows.append(row | {"note": "no shared real images, or a side without fakes"})
+            diffs.append(None)
+            continue
+        codes, names = pd.factorize(groups_of(both))
+        labels = both["label"].astype(int).to_numpy()
+        has_real = np.bincount(codes, weights=(labels == 0), minlength=len(names)) > 0
+        has_fake = np.bincount(codes, weights=(labels == 1), minlength=len(names)) > 0
+        counts = cluster_bootstrap_counts(group_strata(has_real, has_fake), n_boot, seed)
+        ones = np.ones((1, len(names)), dtype=int)
+        scores = {}
+        for name, lo, hi in (("a", 0, len(side_a)), ("b", len(side_a), len(both))):
+            args = (codes[lo:hi], labels[lo:hi], both["probability"].to_numpy(dtype=float)[lo:hi])
+            scores[name] = (float(weighted_auc(*args, ones)[0]), weighted_auc(*args, counts))
+        enough = row["real_groups"] >= 2 and min(row["fake_groups_a"], row["fake_groups_b"]) >= 2
+        (est_a, reps_a), (est_b, reps_b) = scores["a"], scores["b"]
+        a_ci = percentile_interval(reps_a, confidence) if enough else (math.nan, math.nan)
+        b_ci = percentile_interval(reps_b, confidence) if enough else (math.nan, math.nan)
+        note = "" if enough else (f"interval undefined: {row['real_groups']} shared real group(s), "
+                                  f"{row['fake_groups_a']} / {row['fake_groups_b']} fake groups; the group bootstrap "
+                                  f"needs at least 2 of each")
+        rows.append(row | {"estimate_a": est_a, "estimate_b": est_b, "diff": est_a - est_b,
+                           "p": bootstrap_p(reps_a - reps_b) if enough else math.nan, "a_ci_low": a_ci[0],
+                           "a_ci_high": a_ci[1], "b_ci_low": b_ci[0], "b_ci_high": b_ci[1], "note": note})
+        diffs.append(reps_a - reps_b if enough else None)
+    extra = ["a_ci_low", "a_ci_high", "b_ci_low", "b_ci_high", "fake_groups_a", "fake_groups_b"]
+    table = pd.DataFrame(rows).reindex(columns=[*FAMILY_COLUMNS, *extra])
+    return _finish_family(table, diffs, direction, alpha) if len(table) else table
 
 
 def fold_tests(cv: pd.DataFrame, by: str, pairs: Sequence[tuple[str, str]], metric: str = "val_auc",

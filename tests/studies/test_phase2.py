@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from lib.evaluation import compare
 from lib.studies import phase2
 from lib.data.augment import AugmentPolicy
 from lib.data.cache import build_cache, channel_stats
@@ -326,7 +327,7 @@ def _holdout_arms(held_shift: float, in_shift: float = 3.0, n_groups: int = 8, s
 
 def test_compare_auc_shared_negatives_pairs_the_real_images_and_resamples_groups():
     arms = _holdout_arms(0.3, extra_real=True)
-    out = phase2.compare_auc_shared_negatives(arms, "arm", [("m · without ae", "m · with ae")], direction="less",
+    out = compare.compare_auc_shared_negatives(arms, "arm", [("m · without ae", "m · with ae")], direction="less",
                                               n_boot=500)
     row = out.iloc[0]
     assert row["real_images"] == 32 and row["real_groups"] == 8  # the one-sided real image is dropped
@@ -335,11 +336,11 @@ def test_compare_auc_shared_negatives_pairs_the_real_images_and_resamples_groups
     assert row["a_ci_low"] <= row["estimate_a"] <= row["a_ci_high"] and 0 <= row["a_ci_low"] and row["b_ci_high"] <= 1
     assert row["claim"] == "m · without ae < m · with ae" and row["set"] == "test"
     # the same distribution on both sides: no verdict
-    same = phase2.compare_auc_shared_negatives(_holdout_arms(3.0), "arm", [("m · without ae", "m · with ae")],
+    same = compare.compare_auc_shared_negatives(_holdout_arms(3.0), "arm", [("m · without ae", "m · with ae")],
                                                direction="less", n_boot=500).iloc[0]
     assert same["verdict"] == "inconclusive"
     # one real photograph: the group bootstrap has nothing to resample, the interval is undefined (not 32 images' worth)
-    one = phase2.compare_auc_shared_negatives(_holdout_arms(0.3, n_groups=1), "arm",
+    one = compare.compare_auc_shared_negatives(_holdout_arms(0.3, n_groups=1), "arm",
                                               [("m · without ae", "m · with ae")], direction="less", n_boot=200).iloc[0]
     assert np.isnan(one["ci_low"]) and one["verdict"] == "inconclusive" and "interval undefined" in one["note"]
 
