@@ -43,20 +43,21 @@ def phase3_subjects(folds: pd.DataFrame, fold: int) -> list[dict[str, str]]:
              "run_key": r.run_key} for r in folds[keep].itertuples()]
 
 
-def stored_subjects(tables: str | Path, fold: int, phase2_conditions: Sequence[str] = (),
+def stored_subjects(tables: str | Path, fold: int, stamp: dict[str, str], phase2_conditions: Sequence[str] = (),
                     include_phase3: bool = True) -> tuple[list[dict[str, str]], list[str]]:
-    """Subjects from phase2_folds.csv and (if `include_phase3`) phase3_folds.csv in `tables`, and a note for each
-    of those files that does not exist yet."""
-    from lib.fileio import read_table
+    """Subjects from the stamped phase2_folds.csv and (if `include_phase3`) phase3_folds.csv in `tables`, and a note
+    for each of those files that does not exist yet. A table made from another dataset or split table than `stamp`
+    (`Study.stamp`) raises `lib.fileio.ArtefactMismatch`."""
+    from lib.fileio import read_stamped_table
 
     phase2_path, phase3_path = Path(tables) / "phase2_folds.csv", Path(tables) / "phase3_folds.csv"
     subjects, notes = [], []
     if phase2_path.is_file():
-        subjects += phase2_subjects(read_table(phase2_path), fold, phase2_conditions)
+        subjects += phase2_subjects(read_stamped_table(phase2_path, stamp), fold, phase2_conditions)
     else:
         notes.append(f"{phase2_path.name} not found (notebook 04 has not run): no Phase 2 conditions")
     if include_phase3 and phase3_path.is_file():
-        subjects += phase3_subjects(read_table(phase3_path), fold)
+        subjects += phase3_subjects(read_stamped_table(phase3_path, stamp), fold)
     elif include_phase3:
         notes.append(f"{phase3_path.name} not found (notebook 05 has not run): no Phase 3 models")
     return subjects, notes

@@ -8,8 +8,10 @@
   each `Group` with its recipe and training) and `run_plan` (one fold table with `group` and `image_size`).
 - Speed: `seconds_per_epoch` (from the run histories), `inference_speed` (images/s on this machine), `measure_cost`
   (the cost table: parameters, seconds per epoch, images/s).
-- Statistics: `compare_to_references` (paired tests, Holm over the family), `reference_tests` (plus DeLong/McNemar
-  against the best reference), `select_models` (the computed rule) and `selection_record` (the JSON for notebook 06).
+- Statistics, by the study protocol (`lib.evaluation.compare`): `interval_with_cost` (group-bootstrap intervals and
+  group counts beside each model's cost), `reference_comparisons` (every model against every Phase 1 baseline by the
+  one comparison rule, on oof and test), `select_models` (the computed rule, on the pooled out-of-fold validation
+  predictions only; test predictions or metrics raise) and `selection_record` (the stamped JSON for notebook 06).
 - Report: `conclusions` (computed lines), `headline_table`, `save_conclusions`.
 """
 
@@ -29,11 +31,11 @@ import torch
 from lib.data.augment import AugmentPolicy
 from lib.data.recipes import Recipe
 from lib.evaluation import compare
-from lib.evaluation.stats import holm, summarize
-from lib.fileio import read_json, write_json
+from lib.evaluation.stats import summarize
+from lib.fileio import read_json, read_stamped_json, write_json
 from lib.paths import RUNS_DIR, figures_dir, tables_dir
 from lib.report import save_headline
-from lib.studies.phase1 import test_set_comparisons
+from lib.studies import phase1
 from lib.training.fit import NORMALIZATIONS, TrainConfig
 
 NOTEBOOK = "05_phase3_architectures"
@@ -43,8 +45,9 @@ PHASE1_GROUP, REPEATED_GROUP, PHASE3_GROUP = "Phase 1 baseline", "baseline, Phas
 # columns shown by the notebook (the saved tables keep every column)
 FOLD_COLUMNS = ["model", "group", "fold", "trained", "epochs", "best_epoch", "seconds", "val_auc", "test_auc",
                 "test_accuracy"]
-TEST_COLUMNS = ["a", "b", "n", "mean_diff", "diff_ci_low", "diff_ci_high", "t_p", "t_p_holm", "wilcoxon_p_holm",
-                "verdict"]
+SELECTION_METRICS = {"oof_auc": "auc", "oof_accuracy": "accuracy"}  # selection metric -> metric on the oof set
+RANKING_COLUMNS = ["rank", "model", "estimate", "ci_low", "ci_high", "real_groups", "fake_groups", "parameters",
+                   "diff_to_best", "diff_ci_low", "diff_ci_high", "p_holm", "significantly_worse", "selected"]
 
 
 @dataclass(frozen=True)
@@ -78,11 +81,14 @@ class Preprocessing:
                 f"normalisation {self.normalization!r}")
 
 
-def load_recommendation(path: str | Path, fallback_recipe: Recipe, use: bool = True) -> Preprocessing:
-    """Phase 2's recommended preprocessing from its JSON, else the Phase 1 baseline (plain resize, ImageNet statistics).
+def load_recommendation(path: str | Path, fallback_recipe: Recipe, stamp: dict[str, str],
+                        use: bool = True) -> Preprocessing:
+    """Phase 2's recommended preprocessing from its stamped JSON, else the Phase 1 baseline (plain resize, ImageNet
+    statistics) when the file does not exist or `use` is off.
 
     The JSON needs `recipe` (a `Recipe.to_dict()`), `augment` (an `AugmentPolicy` dict or null) and `normalization`;
-    `condition` and `rule` are shown when present. A file with a missing or invalid field is an error that names it.
+    `condition` and `rule` are shown when present. A file with a missing or invalid field is an error that names it; a
+    file made from another dataset or split table than `stamp` (`Study.stamp`) raises `lib.fileio.ArtefactMismatch`.
     """
     path = Path(path)
     fallback = Preprocessing(fallback_recipe, None, "imagenet", "phase1_baseline",
@@ -91,9 +97,10 @@ def load_recommendation(path: str | Path, fallback_recipe: Recipe, use: bool = T
         return replace(fallback, origin="Phase 1 baseline (use_phase2_recommendation is off)")
     if not path.is_file():
         return replace(fallback, origin=f"Phase 1 baseline ({path.name} not found: notebook 04 has not run)")
-    data = read_json(path)
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    raw = read_json(path)
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(raw).__name__}")
+    data = read_stamped_json(path, stamp)
     missing = [k for k in ("recipe", "augment", "normalization") if k not in data]
     if missing:
         raise ValueError(f"{path}: missing field(s) {missing}; expected recipe, augment, normalization")
@@ -251,6 +258,13 @@ class Plan:
         groups.append(Group(PHASE3_GROUP, list(self.entries), recipe, config))
         return groups
 
+    @property
+    def selectable(self) -> list[str]:
+        """Labels Phase 3 may select: the models trained with Phase 3's preprocessing. The Phase 1 baselines as
+        notebook 03 ran them are references only, unless Phase 3's preprocessing and training equal Phase 1's."""
+        return list(dict.fromkeys(c.label for g in self.groups() if g.name != PHASE1_GROUP or self.same_as_phase1
+                                  for c in g.entries))
+
     def find(self, label: str) -> tuple[Group, Candidate]:
         """The first group with a candidate labelled `label`, and that candidate."""
         for group in self.groups():
@@ -352,87 +366,108 @@ def measure_cost(cv: pd.DataFrame, batch_size: int = 32, repeats: int = 5, seed:
 
 
 def summaries(cv: pd.DataFrame, cost: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(long test summary, wide test table with parameters, seconds per epoch and images/s rounded to 0.1)."""
+    """The descriptive training-noise view: (long fold summary of the test metrics, its wide `mean ± std [t-interval]`
+    table with parameters, seconds per epoch and images/s rounded to 0.1). Headline numbers and verdicts come from
+    the group bootstrap (`phase1.intervals`, `reference_comparisons`)."""
     summary = compare.cv_summary(cv, by="model", part="test")
     costs = cost[["parameters", "epoch_seconds", "images_per_s"]].round(1)
     table = compare.summary_wide(summary, by="model").join(costs)
     return summary, table
 
 
-def metric_with_cost(summary: pd.DataFrame, cost: pd.DataFrame, metric: str = "auc") -> pd.DataFrame:
-    """The `cv_summary` rows of `metric`, indexed by model, with its parameters and images_per_s."""
-    return summary[summary["metric"] == metric].set_index("model").join(cost[["parameters", "images_per_s"]])
+def interval_with_cost(table: pd.DataFrame, cost: pd.DataFrame, name: str = "oof", metric: str = "auc") -> pd.DataFrame:
+    """The `metric_intervals` rows of one set and metric, indexed by model, with its parameters and images_per_s."""
+    rows = table[(table["set"] == name) & (table["metric"] == metric)].set_index("model")
+    return rows.join(cost[["parameters", "images_per_s"]])
 
 
-def compare_to_references(cv: pd.DataFrame, by: str, references: Sequence[str], others: Sequence[str],
-                          metrics: Sequence[str] = ("test_auc",), direction: str = "greater") -> pd.DataFrame:
-    """Every level in `others` against every level in `references` (a - b = other - reference), per metric, paired
-    over folds; Holm correction over ALL rows (one family). Pairs of a level with itself are skipped."""
-    from lib.evaluation.compare import paired_comparison
+# ----------------------------------------------------------------------------------------------- paired claims
 
-    levels = set(cv[by])
+def reference_pairs(references: Sequence[str], others: Sequence[str]) -> list[tuple[str, str]]:
+    """(other, reference) for every reference and every other level (a level is never paired with itself)."""
+    return [(other, ref) for ref in dict.fromkeys(references) for other in dict.fromkeys(others) if other != ref]
+
+
+def reference_comparisons(predictions: pd.DataFrame, references: Sequence[str], others: Sequence[str] | None = None,
+                          by: str = "model", sets: Sequence[str] = phase1.SETS,
+                          metrics: Sequence[str] = ("auc",)) -> pd.DataFrame:
+    """Every level in `others` (default: every non-reference level) against every Phase 1 reference by the one
+    comparison rule (`compare_family`: group bootstrap, one Holm family per evaluation set)."""
+    levels = list(dict.fromkeys(predictions[by]))
+    others = [lvl for lvl in levels if lvl not in references] if others is None else list(others)
     missing = [lvl for lvl in [*references, *others] if lvl not in levels]
     if missing:
-        raise ValueError(f"{missing} not in column {by!r}; levels: {sorted(levels)}")
-    rows = [paired_comparison(cv, by, other, ref, metric, direction)
-            for ref in references for other in others if other != ref for metric in metrics]
-    table = pd.DataFrame(rows)
-    if len(table):
-        table["t_p_holm"] = holm(table["t_p"].to_numpy())
-        table["wilcoxon_p_holm"] = holm(table["wilcoxon_p"].to_numpy())
-    return table
+        raise ValueError(f"{missing} not in column {by!r}; levels: {levels}")
+    return compare.compare_family(predictions, by, reference_pairs(references, others), sets=sets, metrics=metrics)
 
 
-def reference_tests(cv: pd.DataFrame, predictions: pd.DataFrame, auc: pd.DataFrame,
-                    references: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Every non-reference model against every reference on the fold test AUC (`compare_to_references`), and on the
-    shared test set against the reference with the best mean AUC in `auc` (a `metric_with_cost` table)."""
-    others = [m for m in cv["model"].unique() if m not in references]
-    paired = compare_to_references(cv, "model", references, others, metrics=["test_auc"])
-    best_reference = auc.loc[list(references), "mean"].idxmax()
-    return paired, test_set_comparisons(predictions, others, best_reference)
-
+# ----------------------------------------------------------------------------------------------- selection
 
 SELECTION_RULE = (
-    "Rank by mean {metric} over folds (ties: fewer parameters). Select the best model, then, in rank order, up to "
-    "{k_minus_1} more whose paired difference to the best (best - model, 95 % t-interval over folds) includes 0, i.e. "
-    "models not shown to be worse; a model whose interval lies above 0 is significantly worse and is not selected.")
+    "Chosen on the pooled out-of-fold validation predictions only (every trainval group validated once; the test "
+    "hold-out is not read). Rank by {metric} (ties: fewer parameters). Select the best model, then, in rank order, up "
+    "to {k_minus_1} more that are not shown worse than the best: the paired group-bootstrap difference best - model "
+    "(one Holm family over the ranked models, `compare_family`) supports 'best > model' for a significantly worse "
+    "model, which is not selected.")
 
 
-def select_models(cv: pd.DataFrame, by: str = "model", metric: str = "test_auc", k: int = 2,
-                  parameters: pd.Series | dict | None = None) -> tuple[pd.DataFrame, list[str], str]:
-    """The Phase 3 selection rule (see `SELECTION_RULE`): (ranking table, selected levels, rule text).
+def validation_predictions(predictions: pd.DataFrame) -> pd.DataFrame:
+    """The validation rows of `predictions` (what a selection function may read)."""
+    return predictions[predictions["split"] == "val"].reset_index(drop=True)
 
-    Ranking columns: rank, by, mean, std, ci_low, ci_high, n, parameters, diff_to_best (best - level) with its
-    interval and paired t p, significantly_worse, selected.
-    """
-    from lib.evaluation.compare import paired_comparison
 
+def selection_metric(metric: str) -> str:
+    """The oof metric of a selection metric name ("oof_auc" -> "auc"); a test or holdout metric raises."""
+    if metric in SELECTION_METRICS:
+        return SELECTION_METRICS[metric]
+    if str(metric).startswith(("test", "holdout")):
+        raise ValueError(f"selection metric {metric!r} reads the test hold-out: the selection chooses on the pooled "
+                         f"out-of-fold validation predictions only; use one of {list(SELECTION_METRICS)}")
+    raise ValueError(f"unknown selection metric {metric!r}; use one of {list(SELECTION_METRICS)}")
+
+
+def select_models(predictions: pd.DataFrame, by: str = "model", metric: str = "oof_auc", k: int = 2,
+                  parameters: pd.Series | dict | None = None, candidates: Sequence[str] | None = None,
+                  n_boot: int = compare.N_BOOT, seed: int = 0) -> tuple[pd.DataFrame, list[str], str]:
+    """The Phase 3 selection rule (see `SELECTION_RULE`) on validation predictions only (`validation_predictions`;
+    test rows or test_* columns raise): (ranking table, selected levels, rule text). `candidates` (e.g.
+    `Plan.selectable`) limits the levels that are ranked; default: every level.
+
+    Ranking columns (`RANKING_COLUMNS`): rank, the level, its oof estimate with group-bootstrap interval and group
+    counts, parameters, diff_to_best (best - level) with its Holm-stepped interval and p, significantly_worse,
+    selected."""
+    compare.require_validation(predictions, "select_models")
+    name = selection_metric(metric)
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    if metric not in cv.columns:
-        raise ValueError(f"fold table has no column {metric!r}")
+    rule = SELECTION_RULE.format(metric=metric, k_minus_1=k - 1)
+    if candidates is not None:
+        candidates = list(dict.fromkeys(candidates))
+        missing = [c for c in candidates if c not in set(predictions[by])]
+        if missing or not candidates:
+            raise ValueError(f"candidates {missing or candidates} have no validation predictions")
+        predictions = predictions[predictions[by].isin(candidates)]
+        rule = f"Candidates: {', '.join(candidates)}. {rule}"
     params = pd.Series(parameters if parameters is not None else {}, dtype=float)
-    rows = []
-    for level, group in cv.groupby(by, sort=False):
-        rows.append({by: level, **summarize(group[metric]), "parameters": params.get(level, math.nan)})
-    rank = pd.DataFrame(rows)
-    if rank["mean"].isna().all():
-        raise ValueError(f"{metric} is NaN for every model: nothing to select")
-    rank = rank.sort_values(["mean", "parameters"], ascending=[False, True], na_position="last").reset_index(drop=True)
+    iv = compare.metric_intervals(predictions, by, sets=["oof"], metrics=[name], n_boot=n_boot, seed=seed)
+    if iv.empty or iv["estimate"].isna().all():
+        raise ValueError(f"{metric} is undefined for every model (no validation predictions of both classes)")
+    rank = iv[[by, "estimate", "ci_low", "ci_high", "real_groups", "fake_groups"]].assign(
+        parameters=lambda t: t[by].map(params).astype(float))
+    rank = rank.sort_values(["estimate", "parameters"], ascending=[False, True], na_position="last",
+                            kind="stable").reset_index(drop=True)
     rank.insert(0, "rank", np.arange(1, len(rank) + 1))
     best = rank.loc[0, by]
-    diffs = []
-    for level in rank[by]:
-        if level == best:
-            diffs.append({"diff_to_best": 0.0, "diff_ci_low": 0.0, "diff_ci_high": 0.0, "diff_t_p": math.nan})
-            continue
-        r = paired_comparison(cv, by, best, level, metric, "greater")
-        diffs.append({"diff_to_best": r["mean_diff"], "diff_ci_low": r["diff_ci_low"],
-                      "diff_ci_high": r["diff_ci_high"], "diff_t_p": r["t_p"]})
-    rank = pd.concat([rank, pd.DataFrame(diffs)], axis=1)
-    # with fewer than two paired folds there is no interval: nothing can be shown worse (NaN -> False)
-    rank["significantly_worse"] = rank["diff_ci_low"] > 0
+    pairs = [(best, level) for level in rank[by].iloc[1:]]
+    family = compare.compare_family(predictions, by, pairs, sets=["oof"], metrics=[name], direction="greater",
+                                    n_boot=n_boot, seed=seed) if pairs else pd.DataFrame(columns=["b"])
+    diffs = family.set_index("b") if len(family) else pd.DataFrame()
+    rank["diff_to_best"] = [0.0 if lvl == best else diffs.loc[lvl, "diff"] for lvl in rank[by]]
+    rank["diff_ci_low"] = [math.nan if lvl == best else diffs.loc[lvl, "ci_low"] for lvl in rank[by]]
+    rank["diff_ci_high"] = [math.nan if lvl == best else diffs.loc[lvl, "ci_high"] for lvl in rank[by]]
+    rank["p_holm"] = [math.nan if lvl == best else diffs.loc[lvl, "p_holm"] for lvl in rank[by]]
+    # "best > level" supported: significantly worse; an undefined interval shows nothing worse
+    rank["significantly_worse"] = [lvl != best and diffs.loc[lvl, "verdict"] == "supported" for lvl in rank[by]]
     selected = [best]
     for _, row in rank.iloc[1:].iterrows():
         if len(selected) >= k:
@@ -440,14 +475,15 @@ def select_models(cv: pd.DataFrame, by: str = "model", metric: str = "test_auc",
         if not row["significantly_worse"]:
             selected.append(row[by])
     rank["selected"] = rank[by].isin(selected)
-    rule = SELECTION_RULE.format(metric=metric, k_minus_1=k - 1)
     return rank, selected, rule
 
 
 def selection_record(plan: Plan, cv: pd.DataFrame, ranking: pd.DataFrame, selected: Sequence[str], rule: str,
                      metric: str, top_k: int) -> dict[str, Any]:
-    """What notebook 06 reads from `phase3_selection.json`: the rule, and for each selected label its candidate,
-    recipe, training configuration and run keys; plus the preprocessing's origin and the full ranking."""
+    """What notebook 06 reads from `phase3_selection.json` (write it with `lib.fileio.write_stamped_json`): the rule,
+    the evaluation set it chose on ("oof"), and for each selected label its candidate, recipe, training configuration
+    and run keys; plus the preprocessing's origin and the full ranking."""
+    selection_metric(metric)  # a test metric never reaches the record
     entries = []
     for label in selected:
         group, candidate = plan.find(label)
@@ -455,80 +491,102 @@ def selection_record(plan: Plan, cv: pd.DataFrame, ranking: pd.DataFrame, select
                         "run_keys": cv.loc[cv["model"] == label, "run_key"].tolist()})
     prep = plan.preprocessing
     return {
-        "rule": rule, "metric": metric, "top_k": top_k, "selected": list(selected), "entries": entries,
+        "rule": rule, "metric": metric, "chosen_on": "oof", "top_k": top_k, "selected": list(selected),
+        "entries": entries,
         "preprocessing": {"origin": prep.origin, "condition": prep.condition, "rule": prep.rule,
                           "face_min_confidence": prep.face_min_confidence},
         "ranking": ranking.to_dict(orient="records"),
     }
 
 
-def plot_metric_vs(table: pd.DataFrame, x: str, label: str = "model", metric: str = "AUC", logx: bool = True,
-                   path: str | Path | None = None):
-    """Scatter of `mean` (with its 95 % interval as error bars) against column `x`, one annotated point per row."""
+# ----------------------------------------------------------------------------------------------- figures, report
+
+def plot_metric_vs(table: pd.DataFrame, x: str, label: str = "model", metric: str = "AUC",
+                   name: str = "out-of-fold validation", logx: bool = True, path: str | Path | None = None):
+    """Scatter of `estimate` (its group-bootstrap interval as error bars) against column `x`, one annotated point
+    per row (an `interval_with_cost` table with its index reset)."""
     import matplotlib.pyplot as plt
 
     from lib.report.plots import save
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    err = np.vstack([table["mean"] - table["ci_low"], table["ci_high"] - table["mean"]])
-    ax.errorbar(table[x], table["mean"], yerr=np.nan_to_num(err), fmt="o", capsize=4)
+    err = np.vstack([table["estimate"] - table["ci_low"], table["ci_high"] - table["estimate"]])
+    ax.errorbar(table[x], table["estimate"], yerr=np.nan_to_num(err), fmt="o", capsize=4)
     for _, r in table.iterrows():
-        ax.annotate(str(r[label]), (r[x], r["mean"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        ax.annotate(str(r[label]), (r[x], r["estimate"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
     if logx:
         ax.set_xscale("log")
-    ax.set(xlabel=x.replace("_", " "), ylabel=f"test {metric} (mean, 95 % CI over folds)")
+    ax.set(xlabel=x.replace("_", " "), ylabel=f"{metric}, {name}\n(95 % group-bootstrap CI)")
     fig.tight_layout()
     return save(fig, path)
 
 
-def cost_line(name: str, row: pd.Series) -> str:
-    """`name (P parameters, S images/s): test AUC ...` from a `metric_with_cost` row."""
-    return (f"{name} ({int(row['parameters']):,} parameters, {row['images_per_s']:.0f} images/s): test AUC "
-            f"{row['mean']:.3f} ± {row['std']:.3f} (95 % CI {row['ci_low']:.3f}-{row['ci_high']:.3f}, "
-            f"{int(row['n'])} folds).")
-
-
-def verdict_lines(paired: pd.DataFrame) -> list[str]:
-    """How many comparisons support 'better than a baseline' (and which), and which show a model worse."""
-    supported = paired[paired["verdict"] == "supported"]
-    line = (f"Phase 3 models better than a Phase 1 baseline (paired 95 % interval above 0): "
-            f"{len(supported)} of {len(paired)} comparisons")
-    if len(supported):
-        line += (": " + "; ".join(f"{r['a']} > {r['b']}" for _, r in supported.iterrows())
-                 + f" (of which paired t Holm p < 0.05: {int((supported['t_p_holm'] < 0.05).sum())})")
-    lines = [line + "."]
-    contradicted = paired[paired["verdict"] == "contradicted"]
-    if len(contradicted):
-        lines.append("Worse than a baseline (interval below 0): "
-                     + "; ".join(f"{r['a']} < {r['b']}" for _, r in contradicted.iterrows()) + ".")
+def verdict_lines(family: pd.DataFrame, metric: str = "auc") -> list[str]:
+    """Per evaluation set: how many comparisons support 'better than a Phase 1 baseline' (and which), and which show
+    a model worse, with the group counts behind them."""
+    lines = []
+    for name, part in family[family["metric"] == metric].groupby("set", sort=False):
+        counts = compare.counts_text(part.iloc[0]) if part["real_groups"].notna().any() else "no groups"
+        supported = part[part["verdict"] == "supported"]
+        line = (f"On {phase1.SET_NAMES.get(name, name)} ({counts}): better than a Phase 1 baseline (Holm-stepped "
+                f"group-bootstrap interval of the {phase1.METRIC_NAMES.get(metric, metric)} difference above 0): "
+                f"{len(supported)} of {len(part)} comparisons")
+        if len(supported):
+            line += ": " + "; ".join(f"{r['a']} > {r['b']} ({r['diff']:+.3f})" for _, r in supported.iterrows())
+        undefined = int(part["ci_low"].isna().sum())
+        if undefined:
+            line += f"; {undefined} without an interval ({part.loc[part['ci_low'].isna(), 'note'].iloc[0]})"
+        lines.append(line + ".")
+        contradicted = part[part["verdict"] == "contradicted"]
+        if len(contradicted):
+            lines.append(f"Worse than a baseline on {phase1.SET_NAMES.get(name, name)} (interval below 0): "
+                         + "; ".join(f"{r['a']} < {r['b']} ({r['diff']:+.3f})" for _, r in contradicted.iterrows())
+                         + ".")
     return lines
 
 
-def delong_line(row: pd.Series) -> str:
-    """One sentence about the DeLong test of a `test_set_comparison` row."""
-    return (f"DeLong vs {row['b']} on {int(row['n_test'])} test images: {row['a']} AUC "
-            f"{row['delong_auc1']:.3f} vs {row['delong_auc2']:.3f}, p = {row['delong_p']:.3g}.")
+def fold_summary_line(folds: pd.DataFrame) -> str:
+    """Secondary fold-level view in one line: how many pairs' Nadeau-Bengio intervals exclude 0."""
+    if folds.empty:
+        return "Secondary, fold level: no pairs."
+    apart = folds[(folds["nb_ci_low"] > 0) | (folds["nb_ci_high"] < 0)]
+    which = ": " + "; ".join(f"{r.a} vs {r.b} {r.nb_mean_diff:+.3f}" for r in apart.itertuples()) if len(apart) else ""
+    notes = [n for n in folds["wilcoxon_note"] if isinstance(n, str) and n]
+    tail = f" Wilcoxon {notes[0]}." if notes else ""
+    k = int(folds["n_folds"].max())
+    return (f"Secondary, fold level (Nadeau-Bengio corrected t on the validation AUC over {k} "
+            f"folds, not corrected for multiplicity): {len(apart)} of {len(folds)} pairs with a 95 % interval "
+            f"excluding 0{which}.{tail}")
 
 
-def conclusions(preprocessing: Preprocessing, auc: pd.DataFrame, paired: pd.DataFrame, test_set: pd.DataFrame,
-                selected: Sequence[str], rule: str, speed_batch_size: int) -> list[str]:
-    """The computed conclusion lines: preprocessing, each model's AUC and cost (best first, from a `metric_with_cost`
-    table), the verdicts against the baselines, the DeLong tests, the fastest model and the selection."""
+def conclusions(preprocessing: Preprocessing, table: pd.DataFrame, cost: pd.DataFrame, family: pd.DataFrame,
+                folds: pd.DataFrame, test_set: pd.DataFrame, image_note: str, selected: Sequence[str], rule: str,
+                speed_batch_size: int) -> list[str]:
+    """The computed conclusion lines: preprocessing, each model's AUC on oof and test with intervals and groups and its
+    cost (best oof AUC first), the verdicts against the baselines per evaluation set, the secondary fold-level tests,
+    the DeLong tests or why they are omitted, the fastest model and the selection (made on validation)."""
     lines = [f"Preprocessing: {preprocessing.describe()}."]
-    lines += [cost_line(name, row) for name, row in auc.sort_values("mean", ascending=False).iterrows()]
-    lines += verdict_lines(paired)
-    lines += [delong_line(row) for _, row in test_set.iterrows() if pd.notna(row.get("delong_p"))]
-    fastest = auc["images_per_s"].idxmax()
-    lines.append(f"Fastest at inference: {fastest} ({auc.loc[fastest, 'images_per_s']:.0f} images/s on this machine, "
+    oof = interval_with_cost(table, cost)
+    for name, row in oof.sort_values("estimate", ascending=False).iterrows():
+        label = f"{name} ({int(row['parameters']):,} parameters, {row['images_per_s']:.0f} images/s)"
+        lines.append(phase1.headline_line(label, table[table["model"] == name]))
+    lines += verdict_lines(family)
+    lines.append(fold_summary_line(folds))
+    lines += phase1.image_test_lines(test_set, image_note)
+    fastest = cost["images_per_s"].idxmax()
+    lines.append(f"Fastest at inference: {fastest} ({cost.loc[fastest, 'images_per_s']:.0f} images/s on this machine, "
                  f"batch {speed_batch_size}).")
-    lines.append(f"Selected for Phase 4: {', '.join(selected)} (rule: {rule})")
+    lines.append(f"Selected for Phase 4 on out-of-fold validation predictions: {', '.join(selected)} (rule: {rule})")
     return lines
 
 
-def headline_table(table: pd.DataFrame, ranking: pd.DataFrame) -> pd.DataFrame:
-    """The summary table in ranking order, with each model's rank and whether it was selected."""
+def headline_table(table: pd.DataFrame, cost: pd.DataFrame, ranking: pd.DataFrame) -> pd.DataFrame:
+    """The index page's table in ranking order: AUC and accuracy with intervals and group counts on oof and test,
+    parameters, images/s, rank and whether the model was selected."""
     ranked = ranking.set_index("model")
-    return table.loc[ranked.index].assign(rank=ranked["rank"], selected=ranked["selected"]).reset_index(names="model")
+    wide = phase1.interval_table(table).loc[ranked.index]
+    return wide.assign(parameters=cost["parameters"], images_per_s=cost["images_per_s"].round(1),
+                       rank=ranked["rank"], selected=ranked["selected"]).reset_index(names="model")
 
 
 def save_conclusions(profile: str, conclusions: list[str], headline: pd.DataFrame, selected: Sequence[str]) -> None:

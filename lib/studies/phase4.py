@@ -1,9 +1,12 @@
-"""Phase 4 (notebook 06): does more data help (learning curve), and the final evaluation of the selected models.
+"""Phase 4 (notebook 06): does more data help (learning curve), and the final report on the selected models.
 
-The notebook reads Phase 3's selection (`load_selection`), trains or loads every (model, fraction) run of the data
-scaling study (`scaling_splits`, `run_scaling`, `learning_curves`, `scaling_tests`), evaluates the selected models
-against the Phase 1 baselines (`run_final`, `final_summary`, `reference_tests`, calibration and hard examples), and
-turns the numbers into its conclusion lines (`scaling_conclusions`, `final_conclusions`, `save_conclusions`).
+The notebook reads Phase 3's stamped selection (`load_selection`; chosen on out-of-fold validation predictions),
+trains or loads every (model, fraction) run of the data scaling study (`scaling_splits`, `run_scaling`,
+`learning_curve`, `scaling_comparisons`), scores the test hold-out once for the selected models and the Phase 1
+baselines (`run_final`, `final_table`, `reference_comparisons`, calibration and hard examples), and turns the numbers
+into its conclusion lines (`scaling_conclusions`, `final_conclusions`, `save_conclusions`). Every headline number is a
+group-bootstrap interval with its group counts (`lib.evaluation.compare.metric_intervals`); every paired claim follows
+the one comparison rule (`compare_family`).
 """
 
 
@@ -16,12 +19,12 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats as sps
 
 from lib.data.recipes import Recipe
-from lib.evaluation.stats import summarize, verdict
-from lib.fileio import read_json
-from lib.studies.phase3 import Candidate, compare_to_references, recipe_boxes, run_candidates
+from lib.evaluation import compare
+from lib.fileio import read_stamped_json
+from lib.studies import phase1
+from lib.studies.phase3 import Candidate, recipe_boxes, run_candidates, selection_metric
 from lib.training.fit import TrainConfig
 
 FINAL_METRICS = ("auc", "ap", "accuracy", "f1", "ece", "brier")
@@ -37,6 +40,7 @@ class Selection:
     entries: list[tuple[Candidate, Recipe, TrainConfig]]
     origin: str                     # in words, shown by the notebook and its conclusions
     face_min_confidence: float      # MTCNN threshold of the face boxes a face-crop recipe needs
+    rule: str = ""                  # Phase 3's selection rule ("" for the fallback: nothing was chosen)
 
     @property
     def labels(self) -> list[str]:
@@ -44,23 +48,27 @@ class Selection:
 
 
 def load_selection(path: str | Path, baseline_models: Sequence[str], phase1_recipe: Recipe,
-                   phase1_config: TrainConfig) -> Selection:
-    """Phase 3's `phase3_selection.json`, or the Phase 1 baselines (recipe and configuration) when it does not exist
-    (notebook 05 has not run), saying which in `origin`."""
+                   phase1_config: TrainConfig, stamp: dict[str, str]) -> Selection:
+    """Phase 3's stamped `phase3_selection.json`, or the Phase 1 baselines (recipe and configuration) when it does not
+    exist (notebook 05 has not run), saying which in `origin`. A file made from another dataset or split table than
+    `stamp` raises `lib.fileio.ArtefactMismatch`; a selection made on a test metric raises ValueError."""
     path = Path(path)
     if path.is_file():
-        selection = read_json(path)
+        selection = read_stamped_json(path, stamp)
+        selection_metric(selection.get("metric", "oof_auc"))  # raises for a choice made on the test hold-out
         entries = [(Candidate.from_dict(e), Recipe.from_dict(e["recipe"]), TrainConfig.from_dict(e["train"]))
                    for e in selection["entries"]]
-        origin = f"Phase 3 selection ({path.name}; rule: {selection['rule']})"
+        origin = (f"Phase 3 selection ({path.name}; chosen on out-of-fold validation predictions by "
+                  f"{selection.get('metric', 'oof_auc')})")
         face_min_confidence = float(selection.get("preprocessing", {}).get("face_min_confidence", 0.9))
+        rule = str(selection["rule"])
     else:
         entries = [(Candidate(m, m), phase1_recipe, phase1_config) for m in baseline_models]
         origin = f"Phase 1 baselines ({path.name} not found: notebook 05 has not run)"
-        face_min_confidence = 0.9
+        face_min_confidence, rule = 0.9, ""
     if not entries:
         raise ValueError(f"{path} selects no model")
-    return Selection(entries, origin, face_min_confidence)
+    return Selection(entries, origin, face_min_confidence, rule)
 
 
 def scaling_splits(manifest: pd.DataFrame, fractions: Sequence[float],
@@ -139,59 +147,39 @@ def run_scaling(dataset: Any, splits_by_fraction: dict[float, pd.DataFrame],
     return pd.concat(frames, ignore_index=True), pd.concat(predictions, ignore_index=True)
 
 
-def learning_curves(cv: pd.DataFrame, metrics: Sequence[str] = ("auc", "accuracy"), by: str = "model",
-                    x: str = "fraction") -> pd.DataFrame:
-    """`learning_curve` of each test metric stacked into one table, with a `metric` column (e.g. "auc")."""
-    return pd.concat([learning_curve(cv, by, x, f"test_{m}").assign(metric=m) for m in metrics], ignore_index=True)
+def condition_levels(predictions: pd.DataFrame) -> pd.DataFrame:
+    """One row per scaling condition: condition, model, fraction (from `run_scaling`'s predictions)."""
+    return predictions[["condition", "model", "fraction"]].drop_duplicates("condition").reset_index(drop=True)
 
 
-def learning_curve(cv: pd.DataFrame, by: str = "model", x: str = "fraction", metric: str = "test_auc") -> pd.DataFrame:
-    """Mean, std and 95 % t-interval of `metric` over folds per (by, x): the points of a learning curve."""
-    for col in (by, x, metric):
-        if col not in cv.columns:
-            raise ValueError(f"fold table has no column {col!r}")
-    rows = [{by: level, x: xv, **summarize(g[metric])} for (level, xv), g in cv.groupby([by, x], sort=True)]
-    return pd.DataFrame(rows)
+def learning_curve(predictions: pd.DataFrame, sets: Sequence[str] = phase1.SETS,
+                   metrics: Sequence[str] = ("auc",)) -> pd.DataFrame:
+    """The points of the learning curves: `metric_intervals` per scaling condition (group-bootstrap interval, group
+    counts) on each set, with its model and fraction. The test hold-out is identical for every fraction; the oof set
+    of a fraction holds only the groups of its subsample."""
+    table = compare.metric_intervals(predictions, "condition", sets=sets, metrics=metrics)
+    return table.merge(condition_levels(predictions), on="condition", how="left")
 
 
-def scaling_delta(cv: pd.DataFrame, by: str = "model", x: str = "fraction", low: float = 0.2, high: float = 1.0,
-                  metric: str = "test_auc", confidence: float = 0.95) -> pd.DataFrame:
-    """Per level of `by`: mean metric at `high` minus at `low` with a Welch t-interval and p-value.
-
-    The fold models of two fractions are trained on different data (folds are re-drawn per fraction), so the folds
-    are NOT paired: Welch's unpaired test is the honest one. verdict: "supported" when the interval lies above 0.
-    """
-    rows = []
-    for level, g in cv.groupby(by, sort=False):
-        a = g.loc[np.isclose(g[x], high), metric].dropna().to_numpy()
-        b = g.loc[np.isclose(g[x], low), metric].dropna().to_numpy()
-        row = {by: level, "low": low, "high": high, "n_low": len(b), "n_high": len(a),
-               "mean_low": float(b.mean()) if len(b) else math.nan,
-               "mean_high": float(a.mean()) if len(a) else math.nan}
-        row["delta"] = row["mean_high"] - row["mean_low"]
-        lo = hi = p = math.nan
-        if len(a) >= 2 and len(b) >= 2 and (np.ptp(a) > 0 or np.ptp(b) > 0):
-            res = sps.ttest_ind(a, b, equal_var=False)
-            ci = res.confidence_interval(confidence)
-            lo, hi, p = float(ci.low), float(ci.high), float(res.pvalue)
-        row.update(delta_ci_low=lo, delta_ci_high=hi, welch_p=p, verdict=verdict(lo, hi, "greater"))
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def scaling_tests(cv: pd.DataFrame, predictions: pd.DataFrame, fractions: Iterable[float],
-                  metric: str = "test_auc") -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Largest against smallest of `fractions` per model: (`scaling_delta` table, DeLong/McNemar rows between the
-    two fold ensembles on the shared test set). Both are empty when only one fraction could be used."""
-    from lib.evaluation.compare import test_set_comparison
-
+def scaling_pairs(predictions: pd.DataFrame, fractions: Iterable[float]) -> list[tuple[str, str]]:
+    """(model @ largest fraction, model @ smallest fraction) per model; empty with a single fraction."""
+    fractions = list(fractions)
     low, high = min(fractions), max(fractions)
     if not low < high:  # a single usable fraction: no learning curve to measure
-        return pd.DataFrame(columns=["model", "delta", "verdict"]), pd.DataFrame()
-    delta = scaling_delta(cv, "model", "fraction", low, high, metric)
-    test_set = pd.DataFrame([test_set_comparison(predictions, "condition", scaling_condition(m, high),
-                                                 scaling_condition(m, low)) for m in delta["model"]])
-    return delta, test_set
+        return []
+    models = dict.fromkeys(predictions["model"])
+    return [(scaling_condition(m, high), scaling_condition(m, low)) for m in models]
+
+
+def scaling_comparisons(predictions: pd.DataFrame, fractions: Iterable[float],
+                        sets: Sequence[str] = phase1.SETS) -> pd.DataFrame:
+    """Largest against smallest fraction per model by the one comparison rule (`compare_family` on the images both
+    conditions scored; claim 'more data helps'). Empty when only one fraction could be used. The fold models of two
+    fractions are trained on different folds, so there is no fold-level pairing."""
+    pairs = scaling_pairs(predictions, fractions)
+    if not pairs:
+        return pd.DataFrame(columns=compare.FAMILY_COLUMNS)
+    return compare.compare_family(predictions, "condition", pairs, sets=sets, metrics=("auc",))
 
 
 # ----------------------------------------------------------------------------------------------- final evaluation
@@ -219,24 +207,36 @@ def run_final(dataset: Any, splits: pd.DataFrame, selection: Selection, referenc
 
 
 def final_summary(cv: pd.DataFrame, metrics: Sequence[str] = FINAL_METRICS) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(long `cv_summary` of the test metrics per model, its wide `mean ± std [ci]` view with each model's role)."""
-    from lib.evaluation.compare import cv_summary, summary_wide
+    """The descriptive training-noise view: (long `cv_summary` of the fold models' test metrics per model, its wide
+    `mean ± std [t-interval]` view with each model's role). ECE and Brier are read from it; headline AUC and accuracy
+    come from `final_table` (group bootstrap)."""
+    summary = compare.cv_summary(cv, by="model", part="test", metrics=list(metrics))
+    return summary, compare.summary_wide(summary, by="model").join(cv.groupby("model")["role"].first())
 
-    summary = cv_summary(cv, by="model", part="test", metrics=list(metrics))
-    return summary, summary_wide(summary, by="model").join(cv.groupby("model")["role"].first())
+
+def final_table(table: pd.DataFrame, summary: pd.DataFrame, cv: pd.DataFrame) -> pd.DataFrame:
+    """The final report's table: per model its role, AUC and accuracy with group-bootstrap intervals and group counts
+    on oof and on the test hold-out (a `phase1.intervals` table), and ECE and Brier (fold mean on the test hold-out)."""
+    wide = phase1.interval_table(table)
+    role = cv.groupby("model")["role"].first().reindex(wide.index)
+    calibration = calibration_summary(summary).round(3).reindex(columns=["ece", "brier"])
+    return wide.join(calibration).join(role).pipe(lambda t: t[["role", *wide.columns, "ece", "brier"]])
 
 
-def reference_tests(cv: pd.DataFrame, predictions: pd.DataFrame, selected: Sequence[str],
-                    references: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Each selected model against each Phase 1 reference: (paired fold tests of test AUC and accuracy, Holm over the
-    family; DeLong/McNemar of the fold ensembles on the test set). Both empty without references."""
-    from lib.evaluation.compare import test_set_comparison
+def reference_pairs(selected: Sequence[str], references: Sequence[str]) -> list[tuple[str, str]]:
+    """(selected model, Phase 1 reference) for every pair."""
+    return [(a, b) for a in selected for b in references if a != b]
 
-    if not references:
-        return pd.DataFrame(), pd.DataFrame()
-    paired = compare_to_references(cv, "model", references, selected, metrics=["test_auc", "test_accuracy"])
-    test_set = pd.DataFrame([test_set_comparison(predictions, "model", a, b) for a in selected for b in references])
-    return paired, test_set
+
+def reference_comparisons(predictions: pd.DataFrame, selected: Sequence[str], references: Sequence[str],
+                          sets: Sequence[str] = phase1.SETS,
+                          metrics: Sequence[str] = phase1.HEADLINE_METRICS) -> pd.DataFrame:
+    """Each selected model against each Phase 1 reference by the one comparison rule (`compare_family`, one Holm
+    family per set). Empty without references."""
+    pairs = reference_pairs(selected, references)
+    if not pairs:
+        return pd.DataFrame(columns=compare.FAMILY_COLUMNS)
+    return compare.compare_family(predictions, "model", pairs, sets=sets, metrics=metrics)
 
 
 def calibration_summary(summary: pd.DataFrame) -> pd.DataFrame:
@@ -289,18 +289,22 @@ def hard_examples(predictions: pd.DataFrame, thresholds: pd.Series | dict, by: s
 
 def plot_learning_curve(curve: pd.DataFrame, by: str = "model", x: str = "fraction", metric: str = "AUC",
                         path: str | Path | None = None):
-    """Mean metric against the training fraction, one line per level, shaded 95 % interval."""
+    """Metric against the training fraction, one panel per evaluation set, one line per level with its shaded
+    group-bootstrap interval (a `learning_curve` table of one metric)."""
     import matplotlib.pyplot as plt
 
     from lib.report.plots import save
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for level, g in curve.groupby(by, sort=False):
-        g = g.sort_values(x)
-        line, = ax.plot(g[x], g["mean"], "o-", label=str(level))
-        ax.fill_between(g[x], g["ci_low"], g["ci_high"], color=line.get_color(), alpha=0.2)
-    ax.set(xlabel="fraction of the training data", ylabel=f"test {metric} (mean, 95 % CI)")
-    ax.legend(fontsize=8)
+    sets = list(dict.fromkeys(curve["set"]))
+    fig, axes = plt.subplots(1, len(sets), figsize=(5.5 * len(sets), 4.2), squeeze=False, sharey=True)
+    for ax, name in zip(axes[0], sets):
+        for level, g in curve[curve["set"] == name].groupby(by, sort=False):
+            g = g.sort_values(x)
+            line, = ax.plot(g[x], g["estimate"], "o-", label=str(level))
+            ax.fill_between(g[x], g["ci_low"], g["ci_high"], color=line.get_color(), alpha=0.2)
+        ax.set(xlabel="fraction of the training data", title=phase1.SET_NAMES.get(name, name))
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel(f"{metric} (95 % group-bootstrap CI)")
     fig.tight_layout()
     return save(fig, path)
 
@@ -373,37 +377,51 @@ def plot_hard_galleries(hard: pd.DataFrame, thresholds: pd.Series | dict, labels
 # ----------------------------------------------------------------------------------------------- conclusions
 
 def scaling_conclusions(selection: Selection, infeasible: dict[float, str], split_check: pd.DataFrame,
-                        delta: pd.DataFrame) -> list[str]:
-    """Conclusion lines of 4A: which models, which fractions were left out, the subsample checks, and per model the
-    test AUC at the smallest and largest fraction with the Welch interval of the gain."""
-    lines = [f"Models: {', '.join(selection.labels)} from {selection.origin}."]
+                        curve: pd.DataFrame, family: pd.DataFrame) -> list[str]:
+    """Conclusion lines of 4A: which models, which fractions were left out, the subsample checks, per model and
+    fraction the AUC with interval and groups, and per model and set the claim 'more data helps' (largest vs smallest
+    fraction by the one comparison rule)."""
+    rule = f" (rule: {selection.rule})" if selection.rule else ""
+    lines = [f"Models: {', '.join(selection.labels)} from {selection.origin}{rule}."]
     lines += [f"Fraction {f:.0%} left out of the learning curve: {why}." for f, why in infeasible.items()]
     lines.append(f"Subsamples: test hold-out identical across fractions: "
                  f"{'yes' if split_check['test_identical'].all() else 'NO'}; "
                  f"training parts nested in the full one: {'yes' if split_check['trainval_subset'].all() else 'NO'}; "
                  f"training images {', '.join(f'{r.fraction:.0%}: {r.trainval}' for r in split_check.itertuples())}.")
-    lines += [f"{r['model']}: test AUC {r['mean_low']:.3f} at {r['low']:.0%} -> {r['mean_high']:.3f} at "
-              f"{r['high']:.0%}, Δ {r['delta']:+.3f} (Welch 95 % CI {r['delta_ci_low']:+.3f} to "
-              f"{r['delta_ci_high']:+.3f}) -> more data helps: {r['verdict']}." for _, r in delta.iterrows()]
+    auc = curve[curve["metric"] == "auc"]
+    lines += [phase1.headline_line(condition, rows) for condition, rows in auc.groupby("condition", sort=False)]
+    lines += ["More data: " + line for line in phase1.family_lines(family)]
     return lines
 
 
-def final_conclusions(summary: pd.DataFrame, paired: pd.DataFrame, per_source: pd.DataFrame, hard: pd.DataFrame,
-                      selected: Sequence[str], n_hard: int) -> list[str]:
-    """Conclusion lines of 4B: test AUC, ECE and Brier per model, the paired AUC tests against the references, each
-    model's hardest fake source, and how many confident errors of each selected model are shown."""
-    from lib.evaluation.compare import describe_comparison
-
-    auc = summary[summary["metric"] == "auc"].set_index("model")
+def final_conclusions(table: pd.DataFrame, summary: pd.DataFrame, family: pd.DataFrame, folds: pd.DataFrame,
+                      test_set: pd.DataFrame, image_note: str, per_source: pd.DataFrame, hard: pd.DataFrame,
+                      selection: Selection, n_hard: int) -> list[str]:
+    """Conclusion lines of 4B: that the models were chosen on validation and the test hold-out is scored here; each
+    model's AUC with interval and groups on oof and test, ECE and Brier; the paired AUC claims against the
+    references (oof and test); the secondary fold-level tests; DeLong or why it is omitted; each model's hardest fake
+    source; and how many confident errors of each selected model are shown."""
+    selected = selection.labels
+    if selection.rule:
+        lines = [f"Final report: {', '.join(selected)} from {selection.origin}; the test hold-out is scored here for "
+                 f"them and the Phase 1 references. Their oof numbers are those they were chosen on (optimistic); "
+                 f"the test numbers are not."]
+    else:
+        lines = [f"Final report: {', '.join(selected)} are the {selection.origin}; nothing was chosen, the test "
+                 f"hold-out is scored here."]
     cal = summary.pivot(index="model", columns="metric", values="mean")
-    lines = [f"{name}: test AUC {r['mean']:.3f} (95 % CI {r['ci_low']:.3f}-{r['ci_high']:.3f}), "
-             f"ECE {cal.loc[name, 'ece']:.3f}, Brier {cal.loc[name, 'brier']:.3f}." for name, r in auc.iterrows()]
-    if len(paired):
-        lines += ["Paired over folds: " + describe_comparison(row)
-                  for _, row in paired[paired["metric"] == "test_auc"].iterrows()]
+    for name in dict.fromkeys(table["model"]):
+        line = phase1.headline_line(name, table[table["model"] == name]).removesuffix(".")
+        if name in cal.index and {"ece", "brier"} <= set(cal.columns):
+            line += f"; ECE {cal.loc[name, 'ece']:.3f}, Brier {cal.loc[name, 'brier']:.3f} (test, fold mean)"
+        lines.append(line + ".")
+    lines += phase1.family_lines(family)
+    lines += [phase1.fold_test_line(row) for _, row in folds.iterrows()]
+    if len(family) or len(test_set):
+        lines += phase1.image_test_lines(test_set, image_note)
     worst = per_source[per_source["label"] == 1].sort_values("accuracy_mean").groupby("model").head(1)
-    lines += [f"{r['model']}: hardest fake source {r['source']} (accuracy {r['accuracy_mean']:.3f} at 0.5)."
-              for _, r in worst.iterrows()]
+    lines += [f"{r['model']}: hardest fake source {r['source']} (test accuracy {r['accuracy_mean']:.3f} at 0.5, fold "
+              f"mean)." for _, r in worst.iterrows()]
     counts = hard.groupby(["model", "kind"]).size()
     lines += [f"{label} errors on the test set at its validation threshold: "
               f"{counts.get((label, 'false positive'), 0)} false positives and "

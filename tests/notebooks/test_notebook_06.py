@@ -1,4 +1,4 @@
-"""Notebook 06 (Phase 4: data scaling, final evaluation) on the smoke profile."""
+"""Notebook 06 (Phase 4: data scaling, final report) on the smoke profile."""
 
 import json
 
@@ -20,9 +20,28 @@ def test_subsamples_keep_the_test_set_and_reuse_the_full_runs(smoke_reports):
     full = scaling[(scaling["model"] == first["label"]) & np.isclose(scaling["fraction"], 1.0)]
     assert full["run_key"].tolist() == first["run_keys"], "the 100 % runs are notebook 05's"
     curve = pd.read_csv(tables / "phase4_learning_curve.csv")
-    assert set(curve["fraction"]) == set(check["fraction"])
-    delta = pd.read_csv(tables / "phase4_scaling_delta.csv")
-    assert set(delta["verdict"]) <= {"supported", "contradicted", "inconclusive"}
+    assert set(curve["fraction"]) == set(check["fraction"]) and set(curve["set"]) == {"oof", "test"}
+    test = curve[curve["set"] == "test"]
+    assert test.groupby("metric")["real_groups"].nunique().eq(1).all(), "one test hold-out for every fraction"
+    tests = pd.read_csv(tables / "phase4_scaling_tests.csv")
+    assert set(tests["verdict"]) <= {"supported", "contradicted", "inconclusive"}
+
+
+def test_final_report_has_intervals_over_groups_and_says_the_selection_was_on_validation(smoke_reports):
+    tables = smoke_reports / "tables"
+    selection = json.loads((tables / "phase3_selection.json").read_text())
+    intervals = pd.read_csv(tables / "phase4_final_intervals.csv")
+    assert set(selection["selected"]) <= set(intervals["model"]) and set(intervals["set"]) == {"oof", "test"}
+    bounded = intervals.dropna(subset=["ci_low"])
+    assert ((bounded["ci_low"] >= 0) & (bounded["ci_high"] <= 1)).all()
+    assert (intervals["real_groups"] >= 1).all() and (intervals["fake_groups"] >= 1).all()
+    family = pd.read_csv(tables / "phase4_final_tests.csv")
+    assert set(family["verdict"].dropna()) <= {"supported", "contradicted", "inconclusive"}
+    conclusions = json.loads((tables / "phase4_conclusions.json").read_text())["conclusions"]
+    assert any("chosen on out-of-fold validation predictions" in line for line in conclusions)
+    assert any("real /" in line and "fake groups" in line for line in conclusions)
+    headline = json.loads((tables / "headlines" / "06_phase4_final.json").read_text())["table"]
+    assert {"oof AUC", "test AUC", "oof groups", "test groups"} <= set(headline["columns"])
 
 
 def test_final_evaluation_tables(smoke_reports):

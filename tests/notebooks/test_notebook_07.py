@@ -31,3 +31,9 @@ def test_uninformative_cams_are_skipped_with_a_reason(smoke_reports):
     energy = pd.read_csv(smoke_reports / "tables" / "gradcam_energy.csv")
     # on the smoke profile (32 px) the ResNets' maps are 1x1: never explained
     assert not ((energy["model"].str.startswith("resnet")) & (energy["image_size"] <= 32)).any()
+
+
+def test_stored_fold_tables_are_read_with_their_stamp(smoke_reports):
+    result = json.loads((smoke_reports / "tables" / "gradcam_conclusions.json").read_text())
+    subjects = [*result["explained"], *result["skipped"]]
+    assert any(s.endswith("· Phase 3") for s in subjects), "Phase 3 models come from the stamped phase3_folds.csv"

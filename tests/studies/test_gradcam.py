@@ -10,7 +10,7 @@ import pytest
 
 from lib.studies import gradcam
 from lib.data.recipes import Recipe
-from lib.fileio import write_table
+from lib.fileio import ArtefactMismatch, write_stamped_table, write_table
 from lib.report.explain import expected_border_share
 from lib.training.fit import TrainConfig
 
@@ -38,17 +38,35 @@ def test_phase2_and_phase3_subjects_keep_the_fold_and_the_asked_runs():
                    "run_key": "p3a"}], "Phase 3's own Phase 1 baselines are not explained again"
 
 
+STAMP = {"dataset": "fp-a", "split_key": "split-a"}
+
+
 def test_stored_subjects_read_the_fold_tables_or_say_which_is_missing(tmp_path):
-    subjects, notes = gradcam.stored_subjects(tmp_path, 0)
+    subjects, notes = gradcam.stored_subjects(tmp_path, 0, STAMP)
     assert subjects == [] and len(notes) == 2
     assert "phase2_folds.csv not found (notebook 04" in notes[0] and "phase3_folds.csv not found" in notes[1]
-    assert gradcam.stored_subjects(tmp_path, 0, include_phase3=False)[1] == notes[:1]
-    write_table(tmp_path / "phase2_folds.csv", _phase2_folds())
-    write_table(tmp_path / "phase3_folds.csv", _phase3_folds())
-    subjects, notes = gradcam.stored_subjects(tmp_path, 0, ["baseline"])
+    assert gradcam.stored_subjects(tmp_path, 0, STAMP, include_phase3=False)[1] == notes[:1]
+    write_stamped_table(tmp_path / "phase2_folds.csv", _phase2_folds(), STAMP)
+    write_stamped_table(tmp_path / "phase3_folds.csv", _phase3_folds(), STAMP)
+    subjects, notes = gradcam.stored_subjects(tmp_path, 0, STAMP, ["baseline"])
     assert [s["run_key"] for s in subjects] == ["p2a", "p3a"] and notes == []
-    subjects, _ = gradcam.stored_subjects(tmp_path, 0, ["baseline"], include_phase3=False)
+    subjects, _ = gradcam.stored_subjects(tmp_path, 0, STAMP, ["baseline"], include_phase3=False)
     assert [s["run_key"] for s in subjects] == ["p2a"]
+
+
+@pytest.mark.parametrize("table", ["phase2_folds.csv", "phase3_folds.csv"])
+def test_stored_subjects_refuse_fold_tables_of_another_dataset_or_split(tmp_path, table):
+    write_stamped_table(tmp_path / "phase2_folds.csv", _phase2_folds(), STAMP)
+    write_stamped_table(tmp_path / "phase3_folds.csv", _phase3_folds(), STAMP)
+    other = {**STAMP, "dataset": "fp-b"}
+    write_stamped_table(tmp_path / table, _phase2_folds() if table.startswith("phase2") else _phase3_folds(), other)
+    with pytest.raises(ArtefactMismatch, match="fp-b") as err:
+        gradcam.stored_subjects(tmp_path, 0, STAMP)
+    assert "fp-a" in str(err.value) and table in str(err.value)
+    write_table(tmp_path / table, _phase2_folds())  # unstamped (an older notebook's table): refused as well
+    (tmp_path / f"{table}.stamp.json").unlink()
+    with pytest.raises(ArtefactMismatch, match="no record"):
+        gradcam.stored_subjects(tmp_path, 0, STAMP)
 
 
 def test_architecture_subjects_train_each_size_on_the_one_fold(monkeypatch):

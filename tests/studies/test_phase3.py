@@ -100,30 +100,126 @@ def test_cost_table_takes_each_label_from_its_first_run():
                                            "images_per_s": [100.0, 50.0], "batch_ms": [10.0, 20.0]}
 
 
-def summary_table(means: dict[str, float]) -> pd.DataFrame:
-    return pd.DataFrame([{"model": m, "metric": metric, "mean": v, "std": 0.01, "ci_low": v - 0.1, "ci_high": v + 0.1,
-                          "n": 3} for m, v in means.items() for metric in ("auc", "ap")])
+def test_summaries_are_the_descriptive_fold_view_with_cost():
+    cv = pd.DataFrame([{"model": m, "fold": f, **{f"test_{k}": v for k in ("auc", "ap", "accuracy", "f1")}}
+                       for m, v in (("a", 0.6), ("b", 0.9)) for f in range(3)])
+    cost = pd.DataFrame({"parameters": [10, 20], "epoch_seconds": [1.04, 2.0], "images_per_s": [100.0, 50.0]},
+                        index=["a", "b"])
+    summary, table = phase3.summaries(cv, cost)
+    assert table.loc["b", "auc"].startswith("0.900 ± 0.000") and table.loc["a", "epoch_seconds"] == 1.0
 
 
-def test_metric_with_cost_joins_parameters_and_speed():
+def interval_rows(model: str, oof: float, test: float, metric: str = "auc") -> list[dict]:
+    return [{"model": model, "set": s, "metric": metric, "estimate": e, "ci_low": e - 0.05, "ci_high": min(e + 0.05, 1),
+             "real_groups": g, "fake_groups": 3 * g, "note": ""} for s, e, g in (("oof", oof, 8), ("test", test, 3))]
+
+
+def test_interval_with_cost_joins_parameters_and_speed():
     cost = pd.DataFrame({"parameters": [10, 20], "images_per_s": [100.0, 50.0], "group": "x"}, index=["a", "b"])
-    auc = phase3.metric_with_cost(summary_table({"b": 0.9, "a": 0.6}), cost)
-    assert list(auc.index) == ["b", "a"] and (auc["metric"] == "auc").all()
-    assert auc["parameters"].tolist() == [20, 10] and auc["images_per_s"].tolist() == [50.0, 100.0]
+    table = pd.DataFrame(interval_rows("b", 0.9, 0.8) + interval_rows("a", 0.6, 0.7))
+    auc = phase3.interval_with_cost(table, cost)
+    assert list(auc.index) == ["b", "a"] and (auc["set"] == "oof").all()
+    assert auc["estimate"].tolist() == [0.9, 0.6] and auc["parameters"].tolist() == [20, 10]
+    assert phase3.interval_with_cost(table, cost, "test").loc["a", "estimate"] == 0.7
 
 
-# ----------------------------------------------------------------------------------------------- tests, selection
+# ----------------------------------------------------------------------------------------------- comparisons, selection
 
-def test_reference_tests_pair_every_model_with_every_reference_and_the_best_on_the_test_set(monkeypatch):
-    cv = fold_table({"ref1": [0.6, 0.62, 0.61], "ref2": [0.7, 0.75, 0.72], "new": [0.9, 0.91, 0.93]})
-    auc = cv.groupby("model", sort=False)["test_auc"].mean().rename("mean").to_frame()
-    seen = []
-    monkeypatch.setattr(phase3, "test_set_comparisons",
-                        lambda predictions, others, reference: seen.append((list(others), reference)) or pd.DataFrame())
-    paired, _ = phase3.reference_tests(cv, pd.DataFrame(), auc, ["ref1", "ref2"])
-    assert paired[["a", "b"]].values.tolist() == [["new", "ref1"], ["new", "ref2"]]
-    assert (paired["metric"] == "test_auc").all() and "t_p_holm" in paired
-    assert seen == [(["new"], "ref2")], "the test-set tests are against the reference with the best mean AUC"
+def grouped_predictions(strength: dict[str, dict[str, float]], n_groups: int = 12, copies: int = 2,
+                        seed: int = 0) -> pd.DataFrame:
+    """Validation rows (each trainval group validated by one of 3 fold models) and test rows (4 + 4 groups, every
+    fold model), `copies` images per group; `strength[model][split]` separates the classes."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for model, s in strength.items():
+        for split, groups in (("val", range(2 * n_groups)), ("test", range(100, 108))):
+            for g in groups:
+                label = int(g % 2)
+                for fold in ([g % 3] if split == "val" else range(3)):
+                    for c in range(copies):
+                        z = s[split] * (2 * label - 1) + rng.normal(0, 1)
+                        rows.append({"model": model, "run_key": f"{model}-{fold}", "fold": fold, "split": split,
+                                     "path": f"g{g}_{c}.png", "label": label, "group": f"g{g}", "source": "s",
+                                     "probability": 1 / (1 + np.exp(-z))})
+    return pd.DataFrame(rows)
+
+
+def test_reference_comparisons_pair_every_model_with_every_reference_on_oof_and_test():
+    predictions = grouped_predictions({m: {"val": v, "test": v} for m, v in
+                                       (("ref1", 0.2), ("ref2", 0.5), ("new", 3.0))})
+    family = phase3.reference_comparisons(predictions, ["ref1", "ref2"])
+    assert family[family["set"] == "oof"][["a", "b"]].values.tolist() == [["new", "ref1"], ["new", "ref2"]]
+    assert set(family["set"]) == {"oof", "test"} and (family["metric"] == "auc").all()
+    assert (family.loc[family["set"] == "oof", "verdict"] == "supported").all()
+    assert phase3.reference_pairs(["r"], ["r", "x"]) == [("x", "r")], "a level is never paired with itself"
+    with pytest.raises(ValueError, match="not in column"):
+        phase3.reference_comparisons(predictions, ["nope"])
+
+
+def test_select_models_refuses_test_predictions_test_columns_and_test_metrics():
+    predictions = grouped_predictions({"a": {"val": 2.0, "test": 2.0}, "b": {"val": 1.0, "test": 1.0}})
+    with pytest.raises(ValueError, match="validation data only.*test"):
+        phase3.select_models(predictions)
+    val = phase3.validation_predictions(predictions)
+    assert set(val["split"]) == {"val"}
+    with pytest.raises(ValueError, match="test columns"):
+        phase3.select_models(val.assign(test_auc=0.9))
+    for metric in ("test_auc", "test_accuracy", "holdout_auc"):
+        with pytest.raises(ValueError, match="reads the test hold-out"):
+            phase3.select_models(val, metric=metric)
+    with pytest.raises(ValueError, match="unknown selection metric"):
+        phase3.select_models(val, metric="val_loss")
+    with pytest.raises(ValueError, match="test hold-out"):
+        phase3.selection_record(plan(), pd.DataFrame(), pd.DataFrame(), [], "rule", "test_auc", 1)
+
+
+def test_selection_follows_oof_when_oof_and_test_disagree():
+    predictions = grouped_predictions({"good_on_val": {"val": 3.0, "test": 0.0},
+                                       "good_on_test": {"val": 0.0, "test": 3.0}})
+    val = phase3.validation_predictions(predictions)
+    ranking, selected, rule = phase3.select_models(val, k=1)
+    assert selected == ["good_on_val"] and ranking["model"].tolist() == ["good_on_val", "good_on_test"]
+    assert rule.startswith("Chosen on the pooled out-of-fold validation predictions only")
+    test_auc = phase1_intervals(predictions).set_index(["model", "set"])["estimate"]
+    assert test_auc[("good_on_test", "test")] > test_auc[("good_on_val", "test")], "the toy sets really disagree"
+
+
+def phase1_intervals(predictions):
+    from lib.studies import phase1
+
+    return phase1.intervals(predictions, metrics=("auc",))
+
+
+def test_selection_keeps_indistinguishable_models_and_drops_worse_ones():
+    predictions = grouped_predictions({"best": {"val": 2.0, "test": 2.0}, "tie": {"val": 2.0, "test": 2.0},
+                                       "worse": {"val": -0.5, "test": 0.0}}, n_groups=20, seed=1)
+    predictions.loc[predictions["model"] == "tie", "probability"] = \
+        predictions.loc[predictions["model"] == "best", "probability"].to_numpy()
+    val = phase3.validation_predictions(predictions)
+    ranking, selected, _ = phase3.select_models(val, k=3, parameters={"best": 10, "tie": 5, "worse": 1})
+    assert selected[0] == "tie", "equal estimates: fewer parameters wins"
+    assert selected == ["tie", "best"] and ranking["rank"].tolist() == [1, 2, 3]
+    r = ranking.set_index("model")
+    assert r.loc["worse", "significantly_worse"] and r.loc["worse", "diff_ci_low"] > 0
+    assert r.loc["best", "diff_to_best"] == 0 and not r.loc["best", "significantly_worse"]
+    assert list(ranking.columns) == phase3.RANKING_COLUMNS
+    assert ((ranking["ci_low"] >= 0) & (ranking["ci_high"] <= 1)).all() and (ranking["real_groups"] == 20).all()
+    _, only, _ = phase3.select_models(val, k=1)
+    assert len(only) == 1
+    _, limited, rule = phase3.select_models(val, k=3, candidates=["best", "worse"])
+    assert limited == ["best"] and rule.startswith("Candidates: best, worse.")
+    with pytest.raises(ValueError, match="no validation predictions"):
+        phase3.select_models(val, candidates=["nope"])
+    with pytest.raises(ValueError):
+        phase3.select_models(val, k=0)
+
+
+def test_plan_selectable_leaves_out_phase1_baselines_with_other_preprocessing():
+    assert plan().selectable == ["cnn (Phase 3 preprocessing)", "resnet (Phase 3 preprocessing)", "convnext",
+                                 "mobilenet (ImageNet)"]
+    assert plan(preprocessing()).selectable == ["cnn", "resnet", "convnext", "mobilenet (ImageNet)"], \
+        "same preprocessing as Phase 1: the baselines compete"
+    assert plan(rerun_baselines=False).selectable == ["convnext", "mobilenet (ImageNet)"]
 
 
 def test_selection_record_gives_each_selected_label_its_groups_recipe_and_run_keys():
@@ -131,8 +227,9 @@ def test_selection_record_gives_each_selected_label_its_groups_recipe_and_run_ke
     resnet = "resnet (Phase 3 preprocessing)"
     cv = fold_table({"cnn": [0.6, 0.6], resnet: [0.8, 0.7], "mobilenet (ImageNet)": [0.9, 0.8]})
     ranking = pd.DataFrame({"rank": [1, 2, 3], "model": ["mobilenet (ImageNet)", resnet, "cnn"]})
-    record = phase3.selection_record(p, cv, ranking, ["mobilenet (ImageNet)", "cnn"], "the rule", "test_auc", 2)
+    record = phase3.selection_record(p, cv, ranking, ["mobilenet (ImageNet)", "cnn"], "the rule", "oof_auc", 2)
     assert record["selected"] == ["mobilenet (ImageNet)", "cnn"] and record["rule"] == "the rule"
+    assert record["metric"] == "oof_auc" and record["chosen_on"] == "oof"
     mobilenet, cnn = record["entries"]
     assert mobilenet == {**MOBILENET.to_dict(), "recipe": Recipe(size=48, mode="face").to_dict(),
                          "train": p.phase3_config.to_dict(),
@@ -145,39 +242,53 @@ def test_selection_record_gives_each_selected_label_its_groups_recipe_and_run_ke
 
 # ----------------------------------------------------------------------------------------------- conclusions, headline
 
+def family_row(a: str, b: str, name: str, diff: float, verdict: str, low: float = float("nan")) -> dict:
+    return {"a": a, "b": b, "set": name, "metric": "auc", "diff": diff, "ci_low": low, "ci_high": low + 0.1,
+            "verdict": verdict, "real_groups": 8 if name == "oof" else 1, "fake_groups": 24,
+            "note": "" if low == low else "interval undefined: 1 real and 24 fake group(s)"}
+
+
 def test_conclusions_are_computed_from_the_tables():
-    auc = summary_table({"ref": 0.6, "fast": 0.5, "best": 0.9}).query("metric == 'auc'").set_index("model").assign(
-        parameters=[1_000, 20, 3_000_000], images_per_s=[100.0, 900.4, 10.0])
-    paired = pd.DataFrame([
-        {"a": "best", "b": "ref", "verdict": "supported", "t_p_holm": 0.01},
-        {"a": "fast", "b": "ref", "verdict": "contradicted", "t_p_holm": 0.2}])
-    test_set = pd.DataFrame([
-        {"a": "best", "b": "ref", "n_test": 40, "delong_auc1": 0.91, "delong_auc2": 0.62, "delong_p": 0.0012},
-        {"a": "fast", "b": "ref", "n_test": 40, "delong_p": np.nan}])
-    lines = phase3.conclusions(preprocessing(), auc, paired, test_set, ["best"], "the rule", 32)
+    table = pd.DataFrame(interval_rows("ref", 0.6, 0.7) + interval_rows("fast", 0.5, 0.55)
+                         + interval_rows("best", 0.9, 0.8))
+    cost = pd.DataFrame({"parameters": [1_000, 20, 3_000_000], "images_per_s": [100.0, 900.4, 10.0]},
+                        index=["ref", "fast", "best"])
+    family = pd.DataFrame([family_row("best", "ref", "oof", 0.3, "supported", 0.2),
+                           family_row("fast", "ref", "oof", -0.1, "contradicted", -0.2),
+                           family_row("best", "ref", "test", 0.1, "inconclusive"),
+                           family_row("fast", "ref", "test", -0.15, "inconclusive")])
+    folds = pd.DataFrame([{"a": "best", "b": "ref", "n_folds": 3, "nb_mean_diff": 0.3, "nb_ci_low": 0.1,
+                           "nb_ci_high": 0.5, "wilcoxon_note": "omitted: 3 folds"},
+                          {"a": "fast", "b": "ref", "n_folds": 3, "nb_mean_diff": -0.1, "nb_ci_low": -0.3,
+                           "nb_ci_high": 0.1, "wilcoxon_note": "omitted: 3 folds"}])
+    lines = phase3.conclusions(preprocessing(), table, cost, family, folds, pd.DataFrame(), "DeLong omitted.",
+                               ["best"], "the rule", 32)
     assert lines[0].startswith("Preprocessing: test origin: condition 'cond'") and lines[0].endswith(".")
-    assert lines[1:] == [
-        "best (3,000,000 parameters, 10 images/s): test AUC 0.900 ± 0.010 (95 % CI 0.800-1.000, 3 folds).",
-        "ref (1,000 parameters, 100 images/s): test AUC 0.600 ± 0.010 (95 % CI 0.500-0.700, 3 folds).",
-        "fast (20 parameters, 900 images/s): test AUC 0.500 ± 0.010 (95 % CI 0.400-0.600, 3 folds).",
-        "Phase 3 models better than a Phase 1 baseline (paired 95 % interval above 0): 1 of 2 comparisons: "
-        "best > ref (of which paired t Holm p < 0.05: 1).",
-        "Worse than a baseline (interval below 0): fast < ref.",
-        "DeLong vs ref on 40 test images: best AUC 0.910 vs 0.620, p = 0.0012.",
+    assert lines[1] == ("best (3,000,000 parameters, 10 images/s): AUC on out-of-fold validation 0.900 [0.850, 0.950]; "
+                        "8 real / 24 fake groups; on the test hold-out 0.800 [0.750, 0.850]; 3 real / 9 fake groups.")
+    assert lines[2].startswith("ref (1,000 parameters, 100 images/s)") and lines[3].startswith("fast (20 parameters")
+    assert lines[4:] == [
+        "On out-of-fold validation (8 real / 24 fake groups): better than a Phase 1 baseline (Holm-stepped "
+        "group-bootstrap interval of the AUC difference above 0): 1 of 2 comparisons: best > ref (+0.300).",
+        "Worse than a baseline on out-of-fold validation (interval below 0): fast < ref (-0.100).",
+        "On the test hold-out (1 real / 24 fake groups): better than a Phase 1 baseline (Holm-stepped group-bootstrap "
+        "interval of the AUC difference above 0): 0 of 2 comparisons; 2 without an interval (interval undefined: 1 "
+        "real and 24 fake group(s)).",
+        "Secondary, fold level (Nadeau-Bengio corrected t on the validation AUC over 3 folds, not corrected for "
+        "multiplicity): 1 of 2 pairs with a 95 % interval excluding 0: best vs ref +0.300. Wilcoxon omitted: 3 folds.",
+        "DeLong omitted.",
         "Fastest at inference: fast (900 images/s on this machine, batch 32).",
-        "Selected for Phase 4: best (rule: the rule)",
+        "Selected for Phase 4 on out-of-fold validation predictions: best (rule: the rule)",
     ]
 
 
-def test_verdict_lines_without_supported_or_contradicted_comparisons():
-    paired = pd.DataFrame({"a": ["x"], "b": ["ref"], "verdict": ["inconclusive"], "t_p_holm": [0.5]})
-    assert phase3.verdict_lines(paired) == [
-        "Phase 3 models better than a Phase 1 baseline (paired 95 % interval above 0): 0 of 1 comparisons."]
-
-
-def test_headline_table_follows_the_ranking():
-    table = pd.DataFrame({"auc": ["0.6", "0.9"], "parameters": [10, 20]}, index=pd.Index(["a", "b"], name="model"))
+def test_headline_table_follows_the_ranking_with_intervals_and_groups():
+    table = pd.DataFrame(interval_rows("a", 0.6, 0.7) + interval_rows("b", 0.9, 0.8))
+    cost = pd.DataFrame({"parameters": [10, 20], "images_per_s": [100.04, 50.0]}, index=["a", "b"])
     ranking = pd.DataFrame({"rank": [1, 2], "model": ["b", "a"], "selected": [True, False]})
-    headline = phase3.headline_table(table, ranking)
-    assert headline.to_dict(orient="list") == {"model": ["b", "a"], "auc": ["0.9", "0.6"], "parameters": [20, 10],
-                                               "rank": [1, 2], "selected": [True, False]}
+    headline = phase3.headline_table(table, cost, ranking)
+    assert headline["model"].tolist() == ["b", "a"] and headline["rank"].tolist() == [1, 2]
+    assert headline.loc[0, "oof AUC"] == "0.900 [0.850, 0.950]" and headline.loc[0, "oof groups"] == \
+        "8 real / 24 fake groups"
+    assert headline["parameters"].tolist() == [20, 10] and headline["images_per_s"].tolist() == [50.0, 100.0]
+    assert headline["selected"].tolist() == [True, False]

@@ -16,7 +16,7 @@ from lib.studies import phase3
 from lib.studies import phase4
 from lib.studies import gradcam
 from lib.data.augment import AugmentPolicy
-from lib.fileio import sha256_file
+from lib.fileio import ArtefactMismatch, sha256_file, write_stamped_json
 from lib.data.recipes import Recipe
 from lib.training.fit import TrainConfig
 
@@ -25,22 +25,28 @@ BASE = Recipe(size=32)
 
 # ----------------------------------------------------------------------------------------------- recommendation
 
+STAMP = {"dataset": "fp-a", "split_key": "split-a"}
+
+
 def test_recommendation_missing_file_falls_back_and_says_why(tmp_path):
-    prep = phase3.load_recommendation(tmp_path / "phase2_recommendation.json", BASE)
+    prep = phase3.load_recommendation(tmp_path / "phase2_recommendation.json", BASE, STAMP)
     assert prep.recipe == BASE and prep.augment is None and prep.normalization == "imagenet"
     assert "not found" in prep.origin
-    off = phase3.load_recommendation(tmp_path / "x.json", BASE, use=False)
+    off = phase3.load_recommendation(tmp_path / "x.json", BASE, STAMP, use=False)
     assert "off" in off.origin
     config = TrainConfig(epochs=3)
     assert prep.train_config(config) == config, "the fallback must reproduce Phase 1's run keys"
 
 
+RECOMMENDATION = {"recipe": Recipe(size=48, mode="center_crop").to_dict(),
+                  "augment": AugmentPolicy(jpeg_p=0.5).to_dict(), "normalization": "train", "condition": "augment",
+                  "rule": "best", "face_min_confidence": 0.8}
+
+
 def test_recommendation_is_read_and_applied(tmp_path):
     path = tmp_path / "rec.json"
-    rec = {"recipe": Recipe(size=48, mode="center_crop").to_dict(), "augment": AugmentPolicy(jpeg_p=0.5).to_dict(),
-           "normalization": "train", "condition": "augment", "rule": "best", "face_min_confidence": 0.8}
-    path.write_text(json.dumps(rec))
-    prep = phase3.load_recommendation(path, BASE)
+    write_stamped_json(path, RECOMMENDATION, STAMP)
+    prep = phase3.load_recommendation(path, BASE, STAMP)
     assert prep.recipe == Recipe(size=48, mode="center_crop") and prep.augment == AugmentPolicy(jpeg_p=0.5)
     assert prep.condition == "augment" and prep.face_min_confidence == 0.8
     config = prep.train_config(TrainConfig(epochs=3))
@@ -48,6 +54,21 @@ def test_recommendation_is_read_and_applied(tmp_path):
     resized = prep.with_size(32)
     assert resized.recipe == Recipe(size=32, mode="center_crop") and "overridden" in resized.origin
     assert prep.with_size(0) is prep
+
+
+def test_recommendation_from_another_dataset_or_split_is_refused(tmp_path):
+    path = tmp_path / "phase2_recommendation.json"
+    write_stamped_json(path, RECOMMENDATION, {"dataset": "fp-b", "split_key": "split-a"})
+    with pytest.raises(ArtefactMismatch, match="fp-b") as err:
+        phase3.load_recommendation(path, BASE, STAMP)
+    assert "fp-a" in str(err.value), "the error names both datasets"
+    write_stamped_json(path, RECOMMENDATION, {"dataset": "fp-a", "split_key": "split-b"})
+    with pytest.raises(ArtefactMismatch, match="split-b"):
+        phase3.load_recommendation(path, BASE, STAMP)
+    path.write_text(json.dumps(RECOMMENDATION))  # an unstamped file (an older notebook 04)
+    with pytest.raises(ArtefactMismatch, match="no record"):
+        phase3.load_recommendation(path, BASE, STAMP)
+    assert "off" in phase3.load_recommendation(path, BASE, STAMP, use=False).origin
 
 
 @pytest.mark.parametrize("content, message", [
@@ -58,9 +79,12 @@ def test_recommendation_is_read_and_applied(tmp_path):
 ])
 def test_bad_recommendation_is_a_clear_error(tmp_path, content, message):
     path = tmp_path / "rec.json"
-    path.write_text(json.dumps(content))
+    if isinstance(content, dict):
+        write_stamped_json(path, content, STAMP)
+    else:
+        path.write_text(json.dumps(content))
     with pytest.raises(ValueError, match=message):
-        phase3.load_recommendation(path, BASE)
+        phase3.load_recommendation(path, BASE, STAMP)
 
 
 def test_recipe_boxes_only_for_face_recipes():
@@ -102,38 +126,6 @@ def test_seconds_per_epoch_summarises_every_epoch():
     assert out.loc["a", "epoch_seconds_n"] == 4
 
 
-# ----------------------------------------------------------------------------------------------- comparisons, selection
-
-def _cv(values: dict[str, list[float]]) -> pd.DataFrame:
-    return pd.DataFrame([{"model": m, "fold": f, "test_auc": v} for m, vs in values.items() for f, v in enumerate(vs)])
-
-
-def test_compare_to_references_holm_over_the_whole_family():
-    cv = _cv({"ref1": [0.6, 0.62, 0.61], "ref2": [0.7, 0.69, 0.71], "new": [0.9, 0.88, 0.91]})
-    table = phase3.compare_to_references(cv, "model", ["ref1", "ref2"], ["new", "ref2"])
-    assert list(zip(table["a"], table["b"])) == [("new", "ref1"), ("ref2", "ref1"), ("new", "ref2")]
-    assert (table["t_p_holm"] >= table["t_p"]).all()
-    assert (table.loc[table["a"] == "new", "verdict"] == "supported").all()
-    with pytest.raises(ValueError, match="not in column"):
-        phase3.compare_to_references(cv, "model", ["nope"], ["new"])
-
-
-def test_selection_rule_keeps_indistinguishable_models_and_drops_worse_ones():
-    cv = _cv({"best": [0.90, 0.92, 0.91], "close": [0.91, 0.88, 0.90], "worse": [0.70, 0.71, 0.72],
-              "tie": [0.90, 0.92, 0.91]})
-    ranking, selected, rule = phase3.select_models(cv, k=3, parameters={"best": 10, "tie": 5, "close": 1, "worse": 1})
-    assert selected[0] == "tie", "equal means: fewer parameters wins"
-    assert set(selected) == {"tie", "best", "close"} and "worse" not in selected
-    assert ranking.set_index("model").loc["worse", "significantly_worse"]
-    assert ranking["rank"].tolist() == [1, 2, 3, 4] and "95 %" in rule
-    _, only, _ = phase3.select_models(cv, k=1)
-    assert len(only) == 1
-    _, two, _ = phase3.select_models(_cv({"a": [0.9, 0.91, 0.92], "b": [0.5, 0.51, 0.52]}), k=2)
-    assert two == ["a"], "a significantly worse model is never selected, even to fill k"
-    with pytest.raises(ValueError):
-        phase3.select_models(cv, k=0)
-
-
 # ----------------------------------------------------------------------------------------------- data scaling
 
 def _manifest(n_groups: int = 40) -> pd.DataFrame:
@@ -163,19 +155,6 @@ def test_scaling_splits_keep_the_test_set_and_nest_the_training_parts():
     splits, infeasible = phase4.scaling_splits(manifest, [0.05, 1.0], n_folds=3, test_ratio=0.2, seed=0,
                                                 cache_dir=None)
     assert list(splits) == [1.0] and "fold" in infeasible[0.05]
-
-
-def test_learning_curve_and_welch_delta():
-    rows = [{"model": "m", "fraction": f, "fold": k, "test_auc": base + step}
-            for f, base in ((0.2, 0.6), (1.0, 0.8)) for k, step in enumerate((-0.01, 0.0, 0.01))]
-    cv = pd.DataFrame(rows)
-    curve = phase4.learning_curve(cv)
-    assert curve["mean"].tolist() == pytest.approx([0.6, 0.8])
-    delta = phase4.scaling_delta(cv, low=0.2, high=1.0)
-    r = delta.iloc[0]
-    assert r["delta"] == pytest.approx(0.2) and r["delta_ci_low"] > 0 and r["verdict"] == "supported"
-    flat = phase4.scaling_delta(pd.DataFrame([{**row, "test_auc": 0.7} for row in rows]), low=0.2, high=1.0)
-    assert flat.iloc[0]["verdict"] == "inconclusive", "no variance: no interval, no claim"
 
 
 # ----------------------------------------------------------------------------------------------- final evaluation
