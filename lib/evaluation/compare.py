@@ -32,6 +32,8 @@ BOOT_METRICS = ("auc", "accuracy")
 FAMILY_COLUMNS = ["a", "b", "set", "metric", "claim", "estimate_a", "estimate_b", "diff", "ci_low", "ci_high", "level",
                   "p", "p_holm", "verdict", "real_groups", "fake_groups", "real_images", "fake_images", "note"]
 N_BOOT = 2000
+# Fewer groups of a class give too few distinct resamples (2 groups: 3) for a percentile interval to mean anything.
+MIN_GROUPS = 3
 
 
 # ----------------------------------------------------------------------------- evaluation sets and group counts
@@ -85,14 +87,15 @@ def groups_are_images(frame: pd.DataFrame) -> bool:
 class _Resampler:
     """Bootstrap replicates of one evaluation frame: group codes, strata and counts, shared by every score on it."""
 
-    def __init__(self, frame: pd.DataFrame, n_boot: int, seed: int):
+    def __init__(self, frame: pd.DataFrame, n_boot: int, seed: int, min_groups: int = MIN_GROUPS):
         codes, names = pd.factorize(_groups(frame))
         labels = frame["label"].astype(int).to_numpy()
         has_real = np.bincount(codes, weights=(labels == 0), minlength=len(names)) > 0
         has_fake = np.bincount(codes, weights=(labels == 1), minlength=len(names)) > 0
         self.codes, self.labels = codes, labels
         self.counts = cluster_bootstrap_counts(group_strata(has_real, has_fake), n_boot, seed)
-        self.enough = bool(has_real.sum() >= 2 and has_fake.sum() >= 2)
+        self.enough = bool(has_real.sum() >= min_groups and has_fake.sum() >= min_groups)
+        self.min_groups = min_groups
 
     def scores(self, probability: np.ndarray, metric: str, threshold: float = 0.5) -> tuple[float, np.ndarray]:
         """(the metric on the original frame, its value in every replicate)."""
@@ -105,16 +108,17 @@ class _Resampler:
         raise ValueError(f"bootstrap metric must be one of {BOOT_METRICS}, got {metric!r}")
 
 
-def _not_enough_note(counts: dict[str, int]) -> str:
+def _not_enough_note(counts: dict[str, int], min_groups: int = MIN_GROUPS) -> str:
     return (f"interval undefined: {counts['real_groups']} real and {counts['fake_groups']} fake group(s); the group "
-            f"bootstrap needs at least 2 of each")
+            f"bootstrap needs at least {min_groups} of each")
 
 
 def metric_intervals(predictions: pd.DataFrame, by: str = "model", sets: Sequence[str] = SETS,
                      metrics: Sequence[str] = ("auc",), thresholds: pd.Series | None = None, n_boot: int = N_BOOT,
-                     seed: int = 0, confidence: float = 0.95) -> pd.DataFrame:
+                     seed: int = 0, confidence: float = 0.95, min_groups: int = MIN_GROUPS) -> pd.DataFrame:
     """Per level of `by`, evaluation set and metric: the estimate, its cluster-bootstrap interval over groups and the
-    group counts behind it. Accuracy uses `thresholds` (default: chosen on validation, `validation_thresholds`)."""
+    group counts behind it (no interval with fewer than `min_groups` groups of a class). Accuracy uses `thresholds`
+    (default: chosen on validation, `validation_thresholds`)."""
     thresholds = validation_thresholds(predictions, by) if thresholds is None else thresholds
     rows = []
     for name in sets:
@@ -122,12 +126,13 @@ def metric_intervals(predictions: pd.DataFrame, by: str = "model", sets: Sequenc
         for level, frame in part.groupby(by, sort=False):
             frame = frame.reset_index(drop=True)
             counts = group_counts(frame)
-            sampler = _Resampler(frame, n_boot, seed)
+            sampler = _Resampler(frame, n_boot, seed, min_groups)
             for metric in metrics:
                 estimate, reps = sampler.scores(frame["probability"].to_numpy(), metric, float(thresholds.get(level, 0.5)))
                 low, high = percentile_interval(reps, confidence) if sampler.enough else (math.nan, math.nan)
                 rows.append({by: level, "set": name, "metric": metric, "estimate": estimate, "ci_low": low,
-                             "ci_high": high, **counts, "note": "" if sampler.enough else _not_enough_note(counts)})
+                             "ci_high": high, **counts,
+                             "note": "" if sampler.enough else _not_enough_note(counts, min_groups)})
     return pd.DataFrame(rows)
 
 
@@ -230,13 +235,13 @@ def compare_auc_shared_negatives(frames: pd.DataFrame, by: str, pairs: Sequence[
         for name, lo, hi in (("a", 0, len(side_a)), ("b", len(side_a), len(both))):
             args = (codes[lo:hi], labels[lo:hi], both["probability"].to_numpy(dtype=float)[lo:hi])
             scores[name] = (float(weighted_auc(*args, ones)[0]), weighted_auc(*args, counts))
-        enough = row["real_groups"] >= 2 and min(row["fake_groups_a"], row["fake_groups_b"]) >= 2
+        enough = row["real_groups"] >= MIN_GROUPS and min(row["fake_groups_a"], row["fake_groups_b"]) >= MIN_GROUPS
         (est_a, reps_a), (est_b, reps_b) = scores["a"], scores["b"]
         a_ci = percentile_interval(reps_a, confidence) if enough else (math.nan, math.nan)
         b_ci = percentile_interval(reps_b, confidence) if enough else (math.nan, math.nan)
         note = "" if enough else (f"interval undefined: {row['real_groups']} shared real group(s), "
                                   f"{row['fake_groups_a']} / {row['fake_groups_b']} fake groups; the group bootstrap "
-                                  f"needs at least 2 of each")
+                                  f"needs at least {MIN_GROUPS} of each")
         rows.append(row | {"estimate_a": est_a, "estimate_b": est_b, "diff": est_a - est_b,
                            "p": bootstrap_p(reps_a - reps_b) if enough else math.nan, "a_ci_low": a_ci[0],
                            "a_ci_high": a_ci[1], "b_ci_low": b_ci[0], "b_ci_high": b_ci[1], "note": note})
@@ -310,29 +315,6 @@ def summary_wide(summary: pd.DataFrame, by: str = "model", digits: int = 3) -> p
         columns=list(dict.fromkeys(summary["metric"])), index=list(dict.fromkeys(summary[by])))
 
 
-def paired_comparison(cv: pd.DataFrame, by: str, a: str, b: str, metric: str = "test_auc",
-                      direction: str = "greater") -> dict:
-    """Paired tests of `a` vs `b` over the folds they share; verdict from the interval of the difference a - b."""
-    # reindex: a metric that is NaN in every fold (e.g. AUC of a one-class part) must give "no pairs", not a KeyError
-    wide = cv.pivot_table(index="fold", columns=by, values=metric, aggfunc="first", dropna=False).reindex(columns=[a, b])
-    pairs = wide.dropna()
-    res = paired_tests(pairs[a].to_numpy(), pairs[b].to_numpy())
-    return {"a": a, "b": b, "metric": metric, **res,
-            "verdict": verdict(res["diff_ci_low"], res["diff_ci_high"], direction)}
-
-
-def compare_to_baseline(cv: pd.DataFrame, by: str, baseline: str, metrics: Sequence[str] = ("test_auc",),
-                        direction: str = "greater", others: Sequence[str] | None = None) -> pd.DataFrame:
-    """Every other level of `by` against `baseline`, per metric; Holm correction over all rows (one family)."""
-    others = [lvl for lvl in dict.fromkeys(cv[by]) if lvl != baseline] if others is None else list(others)
-    rows = [paired_comparison(cv, by, other, baseline, metric, direction) for other in others for metric in metrics]
-    table = pd.DataFrame(rows)
-    if len(table):
-        table["t_p_holm"] = holm(table["t_p"].to_numpy())
-        table["wilcoxon_p_holm"] = holm(table["wilcoxon_p"].to_numpy())
-    return table
-
-
 def fold_ensemble(predictions: pd.DataFrame, by: str = "model", split: str = "test") -> pd.DataFrame:
     """Mean probability over the fold models for each image of `split` (the test set is shared by every fold)."""
     part = predictions[predictions["split"] == split]
@@ -388,13 +370,3 @@ def per_source_summary(predictions: pd.DataFrame, by: str = "model", split: str 
                         f"{metric}_ci_high": s["ci_high"]})
         out.append(row)
     return pd.DataFrame(out)
-
-
-
-def describe_comparison(row: dict | pd.Series, metric_name: str = "AUC") -> str:
-    """One computed sentence about a paired comparison (used in conclusion cells)."""
-    p = row.get("t_p_holm", row.get("t_p", math.nan))
-    return (f"{row['a']} - {row['b']} {metric_name}: {row['mean_diff']:+.3f} "
-            f"(95 % CI {row['diff_ci_low']:+.3f} to {row['diff_ci_high']:+.3f}, n = {row['n']} folds, "
-            f"paired t p = {p:.3g}{' Holm' if 't_p_holm' in row else ''}) -> claim '{row['a']} better than {row['b']}': "
-            f"{row['verdict']}")
