@@ -156,7 +156,7 @@ def test_load_dataset_missing_folder(tmp_path):
 
 
 def _near_duplicate_tree(root):
-    """real/a.png and fake/b.png: the same picture 3 grey levels apart (other bytes, same perceptual hash)."""
+    """real/a.png and fake/b.png: the same picture 3 grey levels apart (other bytes, a perceptual hash within 4 bits)."""
     from PIL import Image
 
     a = write_image(root / "real" / "a.png", (32, 32))
@@ -177,7 +177,8 @@ def test_near_duplicates_across_groups_are_merged_and_reported(tmp_path, monkeyp
     assert len(tables.merges) == 1 and list(tables.merges.columns) == MERGE_COLUMNS
     assert {os.path.basename(merge["path_a"]), os.path.basename(merge["path_b"])} == {"a.png", "b.png"}
     assert {merge["group_a"], merge["group_b"]} == {"real/a.png", "fake/b.png"}
-    assert (merge["distance"], merge["kind"], merge["new_group"]) == (0, "perceptual hash", "fake/b.png")
+    # the images are random (write_image), so the two hashes may differ by a few bits: within the 4-bit threshold
+    assert merge["distance"] <= 4 and (merge["kind"], merge["new_group"]) == ("perceptual hash", "fake/b.png")
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded again although cached")
