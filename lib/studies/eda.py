@@ -34,16 +34,18 @@ class ShortcutFamily:
     condition: str              # the Phase 2 condition's name
     remedy: str                 # what that condition does
     recipe: str                 # how it is built
+    what: str = ""              # what it is, for sentences
 
 
 # The file size (log_bytes) grows with the pixel count, so it belongs to no family alone: the crop equalises what the
-# pixels carry of it, the re-encoding the rest. (lib.studies.phase2.SHORTCUTS names the same two.)
+# pixels carry of it, the re-encoding the rest. Phase 2 (lib.studies.phase2.SHORTCUTS) trains these conditions.
 SHORTCUT_FAMILIES = (
     ShortcutFamily("geometry", ("width", "height", "aspect"), "center_crop",
                    "the largest centred square, the same isotropic scaling for both classes",
-                   'Recipe(mode="center_crop")'),
+                   'Recipe(mode="center_crop")', "image geometry (width, height, aspect ratio)"),
     ShortcutFamily("compression", ("bytes_per_pixel", "jpeg_quality", "format_*"), "jpeg",
-                   "every image of both classes re-encoded at one JPEG quality", "Recipe(jpeg_quality=q)"),
+                   "every image of both classes re-encoded at one JPEG quality", "Recipe(jpeg_quality=q)",
+                   "compression (JPEG quality, bytes per pixel, file format)"),
 )
 
 

@@ -46,6 +46,7 @@ from lib.data.recipes import Recipe
 from lib.data.splits import part_indices
 from lib.training.fit import TrainConfig
 from lib.studies.common import baseline_recipe, named_sources
+from lib.studies.eda import SHORTCUT_FAMILIES, family_features
 
 SUBPHASES = {
     "2A": "shortcut analysis",
@@ -62,27 +63,8 @@ SELECTION_SET = "oof"  # the only evaluation set a choice reads
 _EVAL_VERSION = 1  # bump when evaluate_runs changes what it stores
 
 
-@dataclass(frozen=True)
-class Shortcut:
-    """A shortcut the metadata probe of notebook 01 can flag, the metadata features that carry it and the Phase 2
-    condition that neutralises it."""
-
-    name: str
-    what: str
-    features: tuple[str, ...]  # metadata features (`eda.metadata_features`); "format_*" = every file-format column
-    neutraliser: str  # the condition that removes it
-    neutraliser_text: str
-
-
-# Every feature of the metadata probe belongs to one shortcut. The file size (log_bytes) grows with the pixel count,
-# so it is left to no family alone: the crop equalises what the pixels carry of it, the re-encoding the rest.
-SHORTCUTS = {
-    "geometry": Shortcut("geometry", "image geometry (width, height, aspect ratio)", tuple(GEOMETRY_FEATURES),
-                         "center_crop", "the largest centred square, the same isotropic scaling for both classes"),
-    "compression": Shortcut("compression", "compression (JPEG quality, bytes per pixel, file format)",
-                            ("bytes_per_pixel", "jpeg_quality", "format_*"), "jpeg",
-                            "every image of both classes re-encoded at one JPEG quality before the resize"),
-}
+# The shortcuts notebook 01's metadata probe can flag and the condition that neutralises each (one definition, in eda).
+SHORTCUTS = {family.name: family for family in SHORTCUT_FAMILIES}
 
 
 # --------------------------------------------------------------------------------------------- conditions
@@ -423,17 +405,6 @@ def selection_part(manifest: pd.DataFrame, splits: pd.DataFrame) -> pd.DataFrame
     return manifest.iloc[selection_rows(splits)].reset_index(drop=True)
 
 
-def probe_features(manifest: pd.DataFrame, shortcut: Shortcut) -> list[str]:
-    """The metadata columns of `shortcut` present for this manifest ("format_*" expands to every format column)."""
-    from lib.studies.eda import metadata_features
-
-    columns = list(metadata_features(manifest).columns)
-    out = []
-    for feature in shortcut.features:
-        out += [c for c in columns if c.startswith(feature[:-1])] if feature.endswith("*") else [feature]
-    return out
-
-
 def metadata_probe(manifest: pd.DataFrame, features: Sequence[str], n_folds: int = 5, seed: int = 42) -> dict[str, Any]:
     """`lib.studies.eda.shortcut_probe` restricted to ``features``: a group-aware cross-validated AUC of a classifier
     that sees nothing but these metadata; ``flagged`` when its 95 % interval's lower bound exceeds 0.6."""
@@ -454,7 +425,7 @@ def shortcut_probes(manifest: pd.DataFrame, splits: pd.DataFrame, n_folds: int =
     """One `metadata_probe` per shortcut of `SHORTCUTS`, on the train+validation images only (a shortcut flag feeds
     the recommendation, so it never reads the test hold-out)."""
     part = selection_part(manifest, splits)
-    return {name: metadata_probe(part, probe_features(part, s), n_folds=n_folds, seed=seed)
+    return {name: metadata_probe(part, family_features(part, s), n_folds=n_folds, seed=seed)
             for name, s in SHORTCUTS.items()}
 
 
@@ -840,7 +811,7 @@ def neutraliser_tests(predictions: pd.DataFrame, baseline: str = BASELINE, sets:
     """Every trained neutraliser of `SHORTCUTS` against the baseline, per model: the claim 'the neutraliser costs AUC'
     (neutraliser < baseline), `compare_levels` on oof and test (its own family: one pre-registered question)."""
     trained = set(predictions["condition"])
-    pairs = [(s.neutraliser, baseline) for s in SHORTCUTS.values() if s.neutraliser in trained]
+    pairs = [(s.condition, baseline) for s in SHORTCUTS.values() if s.condition in trained]
     return compare_levels(predictions, "condition", pairs, sets=sets, direction="less", n_boot=n_boot, seed=seed)
 
 
@@ -860,13 +831,13 @@ def neutraliser_table(probes: dict[str, dict[str, Any]], intervals: pd.DataFrame
                 "probe_folds": probe.get("auc_n", math.nan), "flagged": bool(probe.get("flagged", False)),
                 "planted": None if params is None else params.get(PLANTED_KEYS[name]),
                 "card": "" if params is None else f"{PLANTED_KEYS[name]}={params.get(PLANTED_KEYS[name])}",
-                "neutraliser": shortcut.neutraliser}
-        mine = tests[tests["a"] == shortcut.neutraliser] if len(tests) else tests
+                "neutraliser": shortcut.condition}
+        mine = tests[tests["a"] == shortcut.condition] if len(tests) else tests
         if mine.empty:
-            rows.append(head | {"note": f"neutraliser {shortcut.neutraliser!r} not trained in this profile"})
+            rows.append(head | {"note": f"neutraliser {shortcut.condition!r} not trained in this profile"})
             continue
         for _, t in mine.iterrows():
-            key_with, key_without = (shortcut.neutraliser, t["model"], t["set"]), (baseline, t["model"], t["set"])
+            key_with, key_without = (shortcut.condition, t["model"], t["set"]), (baseline, t["model"], t["set"])
             with_, without = iv.loc[key_with], iv.loc[key_without]
             rows.append(head | {
                 "model": t["model"], "set": t["set"], "auc_without": without["estimate"],

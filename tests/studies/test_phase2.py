@@ -571,7 +571,7 @@ def test_phase2_conditions_change_one_thing_of_the_baseline():
                                                                                          augment=policy)
     assert by_name["face_crop"].recipe.face_detector == "mtcnn@0.9" and by_name["resolution_48"].recipe.size == 48
     # the neutralisers of SHORTCUTS: the re-encoding changes only the JPEG quality of the baseline recipe
-    assert {s.neutraliser for s in phase2.SHORTCUTS.values()} <= set(by_name)
+    assert {s.condition for s in phase2.SHORTCUTS.values()} <= set(by_name)
     assert by_name["jpeg"].recipe == Recipe(size=32, jpeg_quality=75) and by_name["jpeg"].train == config
     assert by_name["jpeg"].recipe.key != base.recipe.key and Recipe(size=32).key == base.recipe.key
     assert by_name["center_crop_jpeg"].recipe == Recipe(size=32, mode="center_crop", jpeg_quality=75)
