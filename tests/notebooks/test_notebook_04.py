@@ -44,7 +44,7 @@ def test_baseline_reuses_phase1_runs_every_condition_ran_and_numbers_carry_group
     summary = pd.read_csv(tables / "phase2_summary.csv")
     trained = summary[summary["kind"] == "trained"]
     assert set(trained["subphase"]) == {"2A", "2B", "2C", "2D"}  # 2E is skipped in smoke (params)
-    assert {s.neutraliser for s in SHORTCUTS.values()} <= set(trained["condition"])
+    assert {s.condition for s in SHORTCUTS.values()} <= set(trained["condition"])
     assert set(trained["set"]) == {"oof", "test"} and trained[["real_groups", "fake_groups"]].notna().all().all()
     assert trained.loc[trained["condition"] != "baseline", "delta"].notna().all()
     assert trained["verdict"].dropna().isin(["supported", "contradicted", "inconclusive"]).all()
@@ -59,7 +59,7 @@ def test_baseline_reuses_phase1_runs_every_condition_ran_and_numbers_carry_group
 def test_neutraliser_table_reports_each_shortcut(smoke_reports):
     table = pd.read_csv(smoke_reports / "tables" / "phase2_neutralisers.csv")
     assert list(dict.fromkeys(table["shortcut"])) == list(SHORTCUTS)
-    assert set(table["neutraliser"]) == {s.neutraliser for s in SHORTCUTS.values()}
+    assert set(table["neutraliser"]) == {s.condition for s in SHORTCUTS.values()}
     assert set(table["set"]) == {"oof", "test"} and table["auc_with"].notna().all()
     assert table.set_index("shortcut").loc["geometry", "flagged"].all()
     lines = _json(smoke_reports, "phase2_conclusions.json")["conclusions"]
