@@ -215,26 +215,21 @@ def compare_auc_shared_negatives(frames: pd.DataFrame, by: str, pairs: Sequence[
         both = pd.concat([side_a, side_b], ignore_index=True)
         reals = side_a[side_a["label"] == 0]
         fakes = both[both["label"] == 1]
-        groups_of = lambda f: (f["group"] if "group" in f else f["path"]).astype(str)  # noqa: E731
         row = {"a": a, "b": b, "set": set_name, "metric": "auc",
-               "real_groups": int(groups_of(reals).nunique()), "fake_groups": int(groups_of(fakes).nunique()),
+               "real_groups": int(_groups(reals).nunique()), "fake_groups": int(_groups(fakes).nunique()),
                "real_images": int(len(reals)), "fake_images": int(len(fakes)),
-               "fake_groups_a": int(groups_of(side_a[side_a["label"] == 1]).nunique()),
-               "fake_groups_b": int(groups_of(side_b[side_b["label"] == 1]).nunique())}
+               "fake_groups_a": int(_groups(side_a[side_a["label"] == 1]).nunique()),
+               "fake_groups_b": int(_groups(side_b[side_b["label"] == 1]).nunique())}
         if not shared or not row["fake_groups_a"] or not row["fake_groups_b"]:
             rows.append(row | {"note": "no shared real images, or a side without fakes"})
             diffs.append(None)
             continue
-        codes, names = pd.factorize(groups_of(both))
-        labels = both["label"].astype(int).to_numpy()
-        has_real = np.bincount(codes, weights=(labels == 0), minlength=len(names)) > 0
-        has_fake = np.bincount(codes, weights=(labels == 1), minlength=len(names)) > 0
-        counts = cluster_bootstrap_counts(group_strata(has_real, has_fake), n_boot, seed)
-        ones = np.ones((1, len(names)), dtype=int)
+        sampler = _Resampler(both, n_boot, seed)  # one set of group replicates over both sides
+        ones = np.ones((1, sampler.counts.shape[1]), dtype=int)
         scores = {}
         for name, lo, hi in (("a", 0, len(side_a)), ("b", len(side_a), len(both))):
-            args = (codes[lo:hi], labels[lo:hi], both["probability"].to_numpy(dtype=float)[lo:hi])
-            scores[name] = (float(weighted_auc(*args, ones)[0]), weighted_auc(*args, counts))
+            args = (sampler.codes[lo:hi], sampler.labels[lo:hi], both["probability"].to_numpy(dtype=float)[lo:hi])
+            scores[name] = (float(weighted_auc(*args, ones)[0]), weighted_auc(*args, sampler.counts))
         enough = row["real_groups"] >= MIN_GROUPS and min(row["fake_groups_a"], row["fake_groups_b"]) >= MIN_GROUPS
         (est_a, reps_a), (est_b, reps_b) = scores["a"], scores["b"]
         a_ci = percentile_interval(reps_a, confidence) if enough else (math.nan, math.nan)
