@@ -30,7 +30,7 @@ from tqdm import tqdm
 from lib.config import PROFILES, ParamsError, declared_parameters, resolve_parameters
 from lib.paths import NOTEBOOKS_DIR, report_dir
 from lib.report.index import build_index, load_run_log, save_run_log
-from lib.training.executors import ENV_EXECUTOR, ENV_WORKERS, EXECUTORS
+from lib.executors import ENV_EXECUTOR, ENV_WORKERS, EXECUTORS
 
 # The kernel's own start-up warnings (e.g. "running over TCP without encryption") concern no reader of the report.
 KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=ERROR"]

@@ -101,7 +101,7 @@ def executor_benchmark(args: argparse.Namespace, scratch: Path) -> dict:
     from types import SimpleNamespace
 
     from lib.data.splits import make_splits
-    from lib.training.executors import LocalExecutor, ProcessExecutor
+    from lib.executors import LocalExecutor, ProcessExecutor
     from lib.training.fit import TrainConfig
     from lib.training.runstore import CVJob, run_cv_many
 

@@ -2,14 +2,17 @@
 
 A run folder ``RUNS_DIR/<key>/`` holds ``history.csv``, ``predictions.parquet``, ``metrics.json``,
 ``model.safetensors`` and, written LAST, ``config.json``: a folder without ``config.json`` is an
-interrupted run and is retrained from scratch; a complete one is loaded, never retrained. The key
+interrupted run and is retrained from scratch; a complete one is loaded, never retrained. A run is written under a
+private name and renamed into place, so notebooks running side by side never see (or clobber) half a run. The key
 hashes the full ``RunSpec``, so changing anything that affects the result gives a new folder.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -27,8 +30,8 @@ from lib.data.splits import fold_ids, part_indices
 from lib.evaluation.metrics import binary_metrics
 from lib.fileio import atomic_write, read_json, read_table, stable_hash, write_json, write_table
 from lib.models import count_parameters, create_model, model_revision
+from lib.executors import LocalExecutor, ProcessExecutor, get_executor
 from lib.paths import CACHE_DIR, RUNS_DIR
-from lib.training.executors import LocalExecutor, ProcessExecutor, get_executor
 from lib.training.fit import TrainConfig, fit, normalization_stats, predict, seed_everything
 
 RUN_FILES = ("history.csv", "predictions.parquet", "metrics.json", "model.safetensors", "config.json")
@@ -199,9 +202,13 @@ def train_or_load(
         normalization={"mean": list(mean), "std": list(std)}, history=history.to_dict("records"),
     )
 
-    if run_dir.exists():  # leftovers of an interrupted attempt
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
+    _publish(run_dir, lambda tmp: _write_run(tmp, spec, history, predictions, metrics, model))
+    return RunResult(spec=spec, key=spec.key, run_dir=run_dir, history=history, predictions=predictions,
+                     metrics=metrics, trained=True, model=model)
+
+
+def _write_run(run_dir: Path, spec: RunSpec, history: pd.DataFrame, predictions: pd.DataFrame,
+               metrics: dict[str, Any], model: nn.Module) -> None:
     write_table(run_dir / "history.csv", history)
     write_table(run_dir / "predictions.parquet", predictions)
     write_json(run_dir / "metrics.json", metrics)
@@ -210,8 +217,25 @@ def train_or_load(
         "key": spec.key, "spec": spec.to_dict(), "cache_recipe_key": spec.recipe.key,
         "torch_version": torch.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     })
-    return RunResult(spec=spec, key=spec.key, run_dir=run_dir, history=history, predictions=predictions,
-                     metrics=metrics, trained=True, model=model)
+
+
+def _publish(run_dir: Path, write: Any) -> None:
+    """Write a run into a private sibling folder, then rename it onto `run_dir`: readers never see half a run, and of
+    two processes that trained the same run (two notebooks side by side) the first one's folder stays."""
+    tmp = run_dir.with_name(f".{run_dir.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        write(tmp)
+        if run_dir.exists() and not is_complete(run_dir):  # leftovers of an interrupted attempt
+            shutil.rmtree(run_dir, ignore_errors=True)
+        try:
+            os.rename(tmp, run_dir)  # fails when the folder exists: another process finished the same run first
+        except OSError:
+            if not is_complete(run_dir):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _save_weights(model: nn.Module, path: Path) -> None:

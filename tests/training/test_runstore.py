@@ -11,8 +11,8 @@ import lib.training.runstore as runstore
 from lib.data.augment import AugmentPolicy
 from lib.fileio import sha256_file
 from lib.data.recipes import Recipe
+from lib.executors import LocalExecutor, ProcessExecutor, get_executor
 from lib.training.runstore import RunSpec, collect_predictions, is_complete, load_model, run_cv, split_key, train_or_load
-from lib.training.executors import LocalExecutor, ProcessExecutor, get_executor
 from lib.training.fit import TrainConfig, predict
 
 RECIPE = Recipe(size=16)
@@ -112,6 +112,31 @@ def test_mismatched_dataset_or_splits_are_refused(study):
         train_or_load(_spec(study, dataset="other"), study.dataset, study.splits, runs_dir=study.runs, progress=False)
     with pytest.raises(ValueError, match="split"):
         train_or_load(_spec(study, split_key="other"), study.dataset, study.splits, runs_dir=study.runs, progress=False)
+
+
+def test_two_trainers_of_one_run_leave_one_complete_folder(study, monkeypatch):
+    """Two notebooks side by side may train the same run: the first folder to land stays, the second is dropped,
+    and no reader ever sees a half-written run (it is written under a private name and renamed)."""
+    spec = _spec(study)
+    run_dir = study.runs / spec.key
+    real_write = runstore._write_run
+    seen_during_write = []
+
+    def other_process_finishes_first(tmp, *args):
+        real_write(tmp, *args)
+        seen_during_write.append(run_dir.exists())
+        if not run_dir.exists():  # the "other process" publishes the same run meanwhile
+            real_write(run_dir.parent / "other", *args)
+            (run_dir.parent / "other").rename(run_dir)
+            (run_dir / "marker").write_text("first")
+
+    monkeypatch.setattr(runstore, "_write_run", other_process_finishes_first)
+    result = train_or_load(spec, study.dataset, study.splits, runs_dir=study.runs, progress=False,
+                           cache_dir=study.cache)
+    assert seen_during_write == [False]  # nothing visible under the run's name while it was being written
+    assert is_complete(run_dir) and (run_dir / "marker").read_text() == "first"  # the first folder stayed
+    assert result.trained and [p.name for p in study.runs.iterdir()] == [spec.key]  # no temporary folder left
+    assert train_or_load(spec, study.dataset, study.splits, runs_dir=study.runs, progress=False).trained is False
 
 
 def test_interrupted_study_resumes_with_only_the_missing_folds(study, monkeypatch):
