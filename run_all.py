@@ -6,6 +6,10 @@
     python run_all.py --profile smoke --only 01,03
     python run_all.py --profile default --only 08 --set external_root=/data/other --set epochs=3
 
+Notebooks whose inputs are ready run side by side (`--jobs`, default 2; see NEEDS): a kernel spends much of its
+time on one core (imports, statistics, figures), so two of them keep a 2-core machine busy. Every notebook's numbers
+are the same as when run alone: runs are keyed and stored atomically, and each trains with a fixed thread count.
+
 Progress bars live on this console: one line per notebook with its time, and a bar over the notebooks. The rendered
 reports carry none (the kernels run with TQDM_DISABLE=1); each notebook is rendered twice, `NN_name.html` with the
 code and `NN_name.reader.html` without it.
@@ -18,7 +22,7 @@ import datetime as dt
 import os
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +38,14 @@ from lib.executors import ENV_EXECUTOR, ENV_WORKERS, EXECUTORS
 
 # The kernel's own start-up warnings (e.g. "running over TCP without encryption") concern no reader of the report.
 KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=ERROR"]
+
+# What each notebook reads from earlier ones: the dataset (01), the face boxes (02; 04 would otherwise detect them
+# again), stored runs and tables (03 -> 04 -> 05 -> 06, and 07 reads Phase 2 and 3's fold tables). A notebook not
+# listed here waits for every notebook numbered before it.
+NEEDS = {"02": {"01"}, "03": {"01"}, "04": {"02", "03"}, "05": {"04"}, "06": {"05"}, "07": {"04", "05"}, "08": {"01"}}
+# Smoke runs train in a second or two: starting worker processes (each imports torch, ~10 s on a slow machine)
+# would cost more than it saves; notebooks side by side use the cores instead.
+PROFILE_EXECUTOR = {"smoke": "local"}
 
 
 def numbered_notebooks(notebooks_dir: Path = NOTEBOOKS_DIR) -> list[Path]:
@@ -68,6 +80,12 @@ def parse_sets(pairs: list[str], notebooks: list[Path]) -> dict[str, Any]:
         raise ParamsError(f"--set {', '.join(unknown)}: no selected notebook declares it; "
                           f"their parameters are: {', '.join(sorted(declared))}")
     return values
+
+
+def prerequisites(notebooks: list[Path]) -> dict[str, set[str]]:
+    """For each selected notebook, the selected notebooks it must wait for (NEEDS; unlisted: every earlier one)."""
+    numbers = [nb.stem[:2] for nb in notebooks]
+    return {n: (NEEDS[n] if n in NEEDS else set(numbers[:i])) & set(numbers) for i, n in enumerate(numbers)}
 
 
 def export_html(ipynb: Path) -> tuple[Path, Path]:
@@ -112,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="override one notebook parameter (repeatable; checked like the params files)")
     parser.add_argument("--executor", choices=EXECUTORS, help="where independent runs train (default: processes)")
     parser.add_argument("--workers", type=int, help="worker processes of the processes executor (default: CPU cores)")
+    parser.add_argument("--jobs", type=int, default=2, help="notebooks run side by side when their inputs are ready "
+                        "(default: 2; 1 runs them one after another)")
     parser.add_argument("--no-html", action="store_true", help="skip the HTML export")
     args = parser.parse_args(argv)
 
@@ -130,8 +150,12 @@ def main(argv: list[str] | None = None) -> int:
 
     # inherited by the notebook kernels and their worker processes
     os.environ["TQDM_DISABLE"] = "1"
-    if args.executor:
-        os.environ[ENV_EXECUTOR] = args.executor
+    if args.jobs < 1:
+        print("--jobs must be at least 1", file=sys.stderr)
+        return 2
+    executor = args.executor or PROFILE_EXECUTOR.get(args.profile)
+    if executor:
+        os.environ[ENV_EXECUTOR] = executor
     if args.workers:
         os.environ[ENV_WORKERS] = str(args.workers)
 
@@ -139,32 +163,51 @@ def main(argv: list[str] | None = None) -> int:
     log = load_run_log(args.profile)
     log["dataset"] = args.data_root or "embedded"
     started = time.perf_counter()
-    failed = None
     bar = tqdm(total=len(plan), desc=f"{args.profile} profile", unit="notebook", disable=False, file=sys.stderr)
-    exporter = ThreadPoolExecutor(max_workers=1)  # renders a report's HTML while the next notebook runs
+    exporter = ThreadPoolExecutor(max_workers=1)  # renders a report's HTML while other notebooks run
     exports = []
-    for i, (nb, parameters) in enumerate(plan, 1):
-        out = out_dir / nb.name
-        bar.set_postfix_str(nb.stem)
+
+    def execute(nb: Path, parameters: dict) -> dict[str, Any]:
         t0 = time.perf_counter()
         entry: dict[str, Any] = {"parameters": parameters}
         try:
-            run_notebook(nb, out, parameters)
+            run_notebook(nb, out_dir / nb.name, parameters)
             entry["status"] = "ok"
         except Exception as err:  # papermill raises PapermillExecutionError with the failing cell
-            entry["status"] = "failed"
-            entry["error"] = describe_error(err)
-            failed = out
+            entry.update(status="failed", error=describe_error(err))
         entry["seconds"] = round(time.perf_counter() - t0, 1)
-        if out.exists() and not args.no_html:
-            exports.append(exporter.submit(export_html, out))
-        log.setdefault("notebooks", {})[nb.stem] = entry
-        log["finished"] = dt.datetime.now().isoformat(timespec="seconds")
-        save_run_log(args.profile, log)
-        bar.write(f"[{i}/{len(plan)}] {nb.stem} {entry['status']} in {entry['seconds']:.1f} s", file=sys.stdout)
-        bar.update(1)
-        if failed:
-            break
+        return entry
+
+    needs = prerequisites([nb for nb, _ in plan])
+    waiting = {nb.stem[:2]: (nb, parameters) for nb, parameters in plan}
+    done: set[str] = set()
+    failed: list[tuple[Path, dict]] = []
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        running: dict[Future, Path] = {}
+        while waiting or running:
+            if not failed:  # after a failure, no new notebook starts; the running ones finish
+                for number in [n for n in waiting if needs[n] <= done][: args.jobs - len(running)]:
+                    nb, parameters = waiting.pop(number)
+                    running[pool.submit(execute, nb, parameters)] = nb
+            if not running:
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                nb = running.pop(future)
+                entry = future.result()
+                out = out_dir / nb.name
+                if out.exists() and not args.no_html:
+                    exports.append(exporter.submit(export_html, out))
+                log.setdefault("notebooks", {})[nb.stem] = entry
+                log["finished"] = dt.datetime.now().isoformat(timespec="seconds")
+                save_run_log(args.profile, log)
+                bar.write(f"[{len(done) + len(failed) + 1}/{len(plan)}] {nb.stem} {entry['status']} in "
+                          f"{entry['seconds']:.1f} s", file=sys.stdout)
+                bar.update(1)
+                if entry["status"] == "ok":
+                    done.add(nb.stem[:2])
+                else:
+                    failed.append((out, entry))
     bar.close()
     for export in exports:
         export.result()  # raises if an export failed
@@ -174,8 +217,11 @@ def main(argv: list[str] | None = None) -> int:
     index = build_index(args.profile)
     total = time.perf_counter() - started
     if failed:
-        print(f"FAILED: {failed.stem}: {entry['error']}\n  partial report: {failed} (and {failed.with_suffix('.html')})"
-              f"; total {total:.1f} s", file=sys.stderr)
+        for out, entry in failed:
+            print(f"FAILED: {out.stem}: {entry['error']}\n  partial report: {out} (and {out.with_suffix('.html')})",
+                  file=sys.stderr)
+        skipped = [nb.stem for nb, _ in waiting.values()]
+        print(f"not run: {', '.join(skipped) or 'none'}; total {total:.1f} s", file=sys.stderr)
         return 1
     print(f"done: {len(plan)} notebook(s) in {total:.1f} s; open {index}")
     return 0

@@ -1,3 +1,4 @@
+import time
 from pathlib import Path
 
 import pytest
@@ -83,3 +84,64 @@ def test_error_type_and_message_of_the_failing_cell():
     assert run_all.describe_error(CellError("long traceback ...")) == (
         "ManifestError: the dataset has one class only (real); a detector needs both")
     assert run_all.describe_error(RuntimeError("line 1\ncell 3 exploded")) == "RuntimeError: cell 3 exploded"
+
+
+def _fake_store(monkeypatch, tmp_path):
+    monkeypatch.setattr(run_all, "report_dir", lambda profile: tmp_path)
+    monkeypatch.setattr(run_all, "load_run_log", lambda profile: {"notebooks": {}})
+    monkeypatch.setattr(run_all, "save_run_log", lambda profile, log: None)
+    monkeypatch.setattr(run_all, "build_index", lambda profile: tmp_path / "index.html")
+
+
+def test_prerequisites_follow_needs_and_default_to_every_earlier_notebook():
+    nbs = [Path(f"{n}_x.ipynb") for n in ("01", "02", "03", "04", "08", "09")]
+    needs = run_all.prerequisites(nbs)
+    assert needs["01"] == set() and needs["03"] == {"01"} and needs["04"] == {"02", "03"} and needs["08"] == {"01"}
+    assert needs["09"] == {"01", "02", "03", "04", "08"}  # a new notebook waits for all before it
+    assert run_all.prerequisites([Path("04_x.ipynb"), Path("05_x.ipynb")]) == {"04": set(), "05": {"04"}}
+
+
+def test_notebooks_run_side_by_side_only_once_their_inputs_are_done(monkeypatch, tmp_path):
+    import threading
+
+    lock, events, active, peak = threading.Lock(), [], [0], [0]
+
+    def fake(nb, out, parameters):
+        with lock:
+            events.append(("start", nb.stem[:2]))
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        time.sleep(0.2)
+        with lock:
+            active[0] -= 1
+            events.append(("end", nb.stem[:2]))
+
+    monkeypatch.setattr(run_all, "run_notebook", fake)
+    _fake_store(monkeypatch, tmp_path)
+    assert run_all.main(["--profile", "smoke", "--no-html", "--jobs", "2"]) == 0
+    assert peak[0] == 2  # two at a time, never more
+    order = {event: i for i, event in enumerate(events)}
+    for number, needs in run_all.prerequisites(run_all.numbered_notebooks()).items():
+        assert all(order[("end", n)] < order[("start", number)] for n in needs), number
+
+    events.clear(), peak.__setitem__(0, 0)
+    assert run_all.main(["--profile", "smoke", "--no-html", "--jobs", "1"]) == 0
+    assert peak[0] == 1 and [n for kind, n in events if kind == "start"] == sorted(n for kind, n in events
+                                                                                     if kind == "start")
+
+
+def test_a_failure_lets_running_notebooks_finish_and_starts_no_dependent(monkeypatch, capsys, tmp_path):
+    started = []
+
+    def fake(nb, out, parameters):
+        started.append(nb.stem[:2])
+        if nb.stem.startswith("03"):
+            raise RuntimeError("phase 1 exploded")
+        time.sleep(0.3)
+
+    monkeypatch.setattr(run_all, "run_notebook", fake)
+    _fake_store(monkeypatch, tmp_path)
+    assert run_all.main(["--profile", "smoke", "--no-html", "--jobs", "2"]) == 1
+    assert "03" in started and not {"04", "05", "06", "07"} & set(started)
+    err = capsys.readouterr().err
+    assert "RuntimeError: phase 1 exploded" in err and "not run:" in err and "04_phase2_preprocessing" in err
