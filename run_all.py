@@ -39,10 +39,11 @@ from lib.executors import ENV_EXECUTOR, ENV_WORKERS, EXECUTORS
 # The kernel's own start-up warnings (e.g. "running over TCP without encryption") concern no reader of the report.
 KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=ERROR"]
 
-# What each notebook reads from earlier ones: the dataset (01), the face boxes (02; 04 would otherwise detect them
-# again), stored runs and tables (03 -> 04 -> 05 -> 06, and 07 reads Phase 2 and 3's fold tables). A notebook not
-# listed here waits for every notebook numbered before it.
-NEEDS = {"02": {"01"}, "03": {"01"}, "04": {"02", "03"}, "05": {"04"}, "06": {"05"}, "07": {"04", "05"}, "08": {"01"}}
+# What each notebook reads from earlier ones: the face boxes (02; 04 would otherwise detect them again), stored runs
+# and tables (03 -> 04 -> 05 -> 06, and 07 reads Phase 2 and 3's fold tables). The dataset is no edge: whichever
+# notebook comes first builds it while the others wait on its lock. A notebook not listed waits for every earlier one.
+NEEDS = {"01": set(), "02": set(), "03": set(), "04": {"02", "03"}, "05": {"04"}, "06": {"05"}, "07": {"04", "05"},
+         "08": set()}
 # Smoke runs train in a second or two: starting worker processes (each imports torch, ~10 s on a slow machine)
 # would cost more than it saves; notebooks side by side use the cores instead.
 PROFILE_EXECUTOR = {"smoke": "local"}
@@ -86,6 +87,16 @@ def prerequisites(notebooks: list[Path]) -> dict[str, set[str]]:
     """For each selected notebook, the selected notebooks it must wait for (NEEDS; unlisted: every earlier one)."""
     numbers = [nb.stem[:2] for nb in notebooks]
     return {n: (NEEDS[n] if n in NEEDS else set(numbers[:i])) & set(numbers) for i, n in enumerate(numbers)}
+
+
+def start_order(needs: dict[str, set[str]]) -> list[str]:
+    """Notebooks by how many others wait on them, directly or not (most first), then by number: the long chain
+    03 -> 04 -> 05 -> 06 starts at once and the notebooks nothing waits for fill the other core."""
+    def waiting_on(n: str) -> set[str]:
+        direct = {m for m, pre in needs.items() if n in pre}
+        return direct.union(*(waiting_on(m) for m in direct)) if direct else set()
+
+    return sorted(needs, key=lambda n: (-len(waiting_on(n)), n))
 
 
 def export_html(ipynb: Path) -> tuple[Path, Path]:
@@ -179,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         return entry
 
     needs = prerequisites([nb for nb, _ in plan])
-    waiting = {nb.stem[:2]: (nb, parameters) for nb, parameters in plan}
+    by_number = {nb.stem[:2]: (nb, parameters) for nb, parameters in plan}
+    waiting = {n: by_number[n] for n in start_order(needs)}
     done: set[str] = set()
     failed: list[tuple[Path, dict]] = []
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:

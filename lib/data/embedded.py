@@ -25,6 +25,7 @@ encoder settings are explicit. Other CPUs (instruction sets) may round floats di
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import multiprocessing
@@ -33,8 +34,9 @@ import platform
 import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
@@ -400,8 +402,24 @@ def build_embedded(preset: str = "default", seed: int = DEFAULT_SEED, out_dir: P
     root = Path(out_dir) if out_dir is not None else EMBEDDED_DIR / embedded_name(preset, seed, overrides)
     if not force and is_complete(root, params):
         return root
+    with _build_lock(root):  # notebooks start side by side: one builds, the others wait and reuse the build
+        if not force and is_complete(root, params):
+            return root
+        return _build(root, params, progress)
 
+
+@contextmanager
+def _build_lock(root: Path) -> Iterator[None]:
     root.parent.mkdir(parents=True, exist_ok=True)
+    with open(root.parent / f".{root.name}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released by the kernel when the process dies, too
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _build(root: Path, params: dict[str, Any], progress: bool) -> Path:
     tmp = root.parent / f".{root.name}.building-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()

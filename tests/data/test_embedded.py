@@ -142,7 +142,29 @@ def test_changed_params_or_damaged_build_is_rebuilt(tmp_path):
     assert rebuilt["checksum"] == first["checksum"]
     harder = load_card(build_embedded("smoke", out_dir=root, progress=False, difficulty=0.9))
     assert harder["params"]["difficulty"] == 0.9 and harder["checksum"] != first["checksum"]
-    assert [p.name for p in tmp_path.iterdir()] == ["d"]  # no temp folders left behind
+    assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == ["d"]  # no temp folders left behind
+
+
+def test_builders_side_by_side_build_once(tmp_path, monkeypatch):
+    """Notebooks start side by side (run_all --jobs): the second waits on the lock and reuses the first's build."""
+    import threading
+
+    real_build, builds = embedded._build, []
+
+    def slow_build(*args):
+        builds.append(1)
+        time.sleep(0.5)  # the second builder arrives meanwhile
+        return real_build(*args)
+
+    monkeypatch.setattr(embedded, "_build", slow_build)
+    roots = []
+    threads = [threading.Thread(target=lambda: roots.append(build_embedded("smoke", out_dir=tmp_path / "d",
+                                                                           progress=False))) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(builds) == 1 and roots == [tmp_path / "d"] * 2 and embedded.is_complete(tmp_path / "d")
 
 
 def test_difficulty_fades_reconstruction_towards_crop():
