@@ -2,8 +2,12 @@
 
 Only the training path calls an ``AugmentPolicy``; evaluation loaders take none, so validation and
 test pixels are exactly the cached ones. Order: native crop (a window of the cached pixels, never resampled),
-resized crop + flip (one affine resampling), colour jitter, Gaussian blur, Gaussian noise, then JPEG
-re-compression last, as a real publishing pipeline compresses after every other edit.
+resized crop + flip (one affine resampling), rotation (nearest, zero fill: pixels move, none is interpolated),
+colour jitter, Gaussian blur, Gaussian noise, JPEG re-compression (a real publishing pipeline compresses after
+every other edit), then the patch mask (SAFE's RandomMask: square patches on a grid set to zero).
+
+``safe_policy`` is SAFE's training policy (Li et al., KDD 2025): native random crop, flip, rotation up to 180
+degrees, brightness/contrast/saturation 0.5, and with probability 0.5 a patch mask over 0-75 % of the area.
 
 ``crop`` (off by default) is for detectors of pixel-level traces such as NPR: with it, the policy takes a
 random ``crop x crop`` window of each sample (its own offsets) and, with ``hflip_p``, mirrors it; both only
@@ -22,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torchvision.transforms.functional import rgb_to_grayscale
+from torchvision.transforms.functional import InterpolationMode, rgb_to_grayscale, rotate
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,10 @@ class AugmentPolicy:
     crop: side of a random window of native pixels taken from each sample (its own offsets, no resampling),
       before everything else; 0 = off. It replaces the resized crop (setting both raises) and needs images of
       at least crop x crop.
+    rotation: each sample is rotated by an angle drawn in [-rotation, rotation] degrees (torchvision's rotate,
+      nearest, zero fill, as RandomRotation); 0 = off.
+    mask_p: probability of SAFE's patch mask: a share of the area drawn in mask_ratio is covered by distinct
+      mask_patch x mask_patch cells of the patch grid, set to zero.
 
     Run keys: a policy enters a run's key through `dataclasses.asdict` of the run spec. A field added after runs
     were stored (``crop``) is left out of ``fields()`` of an instance where it has its default, so policies that
@@ -55,15 +63,19 @@ class AugmentPolicy:
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     noise_std: float = 0.0
     crop: int = 0
+    rotation: float = 0.0
+    mask_p: float = 0.0
+    mask_ratio: tuple[float, float] = (0.0, 0.75)
+    mask_patch: int = 16
 
     def __post_init__(self) -> None:
         # Tuples may arrive as lists (from YAML/JSON): normalise so equal policies hash equal.
-        for name in ("crop_scale", "crop_ratio", "jpeg_quality", "blur_sigma"):
+        for name in ("crop_scale", "crop_ratio", "jpeg_quality", "blur_sigma", "mask_ratio"):
             value = tuple(getattr(self, name))
             if len(value) != 2 or value[0] > value[1]:
                 raise ValueError(f"AugmentPolicy.{name} must be a (low, high) pair with low <= high, got {value}")
             object.__setattr__(self, name, value)
-        for name in ("hflip_p", "jpeg_p", "blur_p"):
+        for name in ("hflip_p", "jpeg_p", "blur_p", "mask_p"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"AugmentPolicy.{name} must be a probability in [0, 1], got {getattr(self, name)}")
         if not 0.0 < self.crop_scale[0] <= self.crop_scale[1] <= 1.0:
@@ -78,6 +90,13 @@ class AugmentPolicy:
         if isinstance(self.crop, bool) or not isinstance(self.crop, (int, np.integer)) or self.crop < 0:
             raise ValueError(f"AugmentPolicy.crop must be an int >= 0 (0 = off), got {self.crop!r}")
         object.__setattr__(self, "crop", int(self.crop))
+        if not 0.0 <= self.rotation <= 180.0:
+            raise ValueError(f"AugmentPolicy.rotation must be in [0, 180] degrees, got {self.rotation}")
+        if not 0.0 <= self.mask_ratio[0] <= self.mask_ratio[1] <= 1.0:
+            raise ValueError(f"AugmentPolicy.mask_ratio must lie in [0, 1], got {self.mask_ratio}")
+        if isinstance(self.mask_patch, bool) or int(self.mask_patch) != self.mask_patch or self.mask_patch < 1:
+            raise ValueError(f"AugmentPolicy.mask_patch must be an int >= 1, got {self.mask_patch!r}")
+        object.__setattr__(self, "mask_patch", int(self.mask_patch))
         if self.crop and self.crop_scale != (1.0, 1.0):
             raise ValueError("AugmentPolicy.crop (a window of native pixels) replaces the resized crop: leave "
                              f"crop_scale at (1, 1), got {self.crop_scale}")
@@ -127,6 +146,9 @@ class AugmentPolicy:
         elif bool(flip.any()):
             y = torch.where(flip.view(b, 1, 1, 1), y.flip(-1), y)
 
+        if self.rotation > 0:
+            angles = uniform(-self.rotation, self.rotation).tolist()
+            y = torch.stack([rotate(y[i], angle, InterpolationMode.NEAREST, fill=0.0) for i, angle in enumerate(angles)])
         if self.brightness > 0:
             f = uniform(1 - self.brightness, 1 + self.brightness).view(b, 1, 1, 1)
             y = (y * f).clamp_(0, 1)
@@ -158,12 +180,30 @@ class AugmentPolicy:
             quality = torch.randint(low, high + 1, (b,), generator=g)
             for i in torch.nonzero(sel).flatten().tolist():  # per sample: each has its own quality
                 out[i] = _jpeg_roundtrip(out[i], int(quality[i]))
+        if self.mask_p > 0:
+            out = self._patch_mask(out, g, uniform)
         return out
+
+    def _patch_mask(self, out: torch.Tensor, g: torch.Generator | None, uniform) -> torch.Tensor:
+        """SAFE's RandomMask: for each selected sample, int(H*W*ratio / patch^2) distinct cells of the patch grid
+        (at most all of them) are set to zero."""
+        b, _, h, w = out.shape
+        p = self.mask_patch
+        rows, cols = h // p, w // p
+        sel = torch.rand(b, generator=g) < self.mask_p
+        ratio = uniform(*self.mask_ratio)
+        keep = torch.ones(b, 1, h, w, dtype=torch.bool)
+        for i in torch.nonzero(sel).flatten().tolist():
+            n_cells = min(int(h * w * float(ratio[i]) / p ** 2), rows * cols)
+            for cell in torch.randperm(rows * cols, generator=g)[:n_cells].tolist():
+                top, left = (cell // cols) * p, (cell % cols) * p
+                keep[i, :, top:top + p, left:left + p] = False
+        return out * keep
 
     def _changes_values(self) -> bool:
         """Does any step besides the crop and the flip touch pixel values?"""
         return (self.crop_scale != (1.0, 1.0) or self.brightness > 0 or self.contrast > 0 or self.saturation > 0
-                or self.blur_p > 0 or self.noise_std > 0 or self.jpeg_p > 0)
+                or self.blur_p > 0 or self.noise_std > 0 or self.jpeg_p > 0 or self.rotation > 0 or self.mask_p > 0)
 
     def _native_crop(self, x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
         """A random crop x crop window of each sample (own offsets, every position equally likely), pixels as they are."""
@@ -193,7 +233,16 @@ class AugmentPolicy:
         return F.grid_sample(y, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-_LATER_FIELDS = {"crop": 0}  # fields added after runs were stored, with the default that leaves them out of keys
+# fields added after runs were stored, with the default that leaves them out of keys
+_LATER_FIELDS = {"crop": 0, "rotation": 0.0, "mask_p": 0.0, "mask_ratio": (0.0, 0.75), "mask_patch": 16}
+
+
+def safe_policy(crop: int, mask_patch: int = 16, mask_p: float = 0.5) -> AugmentPolicy:
+    """SAFE's training augmentation (Li et al., KDD 2025) on a native `crop` window: flip 0.5, rotation up to 180
+    degrees, brightness/contrast/saturation 0.5, patch mask with probability `mask_p` over 0-75 % of the area.
+    SAFE masks 16 px patches of 256 px crops; smaller crops want a smaller `mask_patch`."""
+    return AugmentPolicy(crop=crop, hflip_p=0.5, rotation=180.0, brightness=0.5, contrast=0.5, saturation=0.5,
+                         mask_p=mask_p, mask_ratio=(0.0, 0.75), mask_patch=mask_patch)
 
 
 def _from_dict(cls: type, d: dict[str, Any]) -> AugmentPolicy:

@@ -188,3 +188,56 @@ def test_training_batches_are_crops_and_evaluation_batches_the_whole_cached_wind
 
     predict_logits(Probe(), images, np.arange(10), batch_size=4, device="cpu", **identity)
     assert torch.equal(torch.cat(seen), torch.from_numpy(images).float())  # whole window, never augmented
+
+
+def test_rotation_and_patch_mask_leave_earlier_keys_and_draws_alone():
+    from lib.fileio import stable_hash
+    from lib.training.fit import TrainConfig
+
+    # the same pinned keys as before the SAFE fields existed
+    assert stable_hash(TrainConfig(augment=AugmentPolicy(crop_scale=(0.5, 1.0), jpeg_p=0.3))) == "fb7c3f7e3110b8ea"
+    assert {"rotation", "mask_p", "mask_ratio", "mask_patch"}.isdisjoint(AugmentPolicy(crop=8).to_dict())
+    x = _batch()
+    # a policy without them draws the same random numbers: identical output to the same policy built before
+    a = FULL(x, torch.Generator().manual_seed(3))
+    b = AugmentPolicy(**FULL.to_dict())(x, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+
+
+def test_rotation_moves_pixels_without_interpolating_them():
+    x = _batch(n=6, size=16)
+    y = AugmentPolicy(hflip_p=0.0, rotation=180.0)(x, torch.Generator().manual_seed(0))
+    assert y.shape == x.shape and not torch.equal(x, y)
+    for i in range(len(x)):  # every output value is one of the input's values or the zero fill
+        allowed = set(x[i].flatten().tolist()) | {0}
+        assert set(y[i].flatten().tolist()) <= allowed
+    # a quarter turn of a whole sample is torchvision's rot90 (nearest, no fill inside a square)
+    from lib.data.augment import InterpolationMode, rotate
+
+    assert torch.equal(rotate(x[0].float(), 90.0, InterpolationMode.NEAREST), torch.rot90(x[0].float(), 1, (1, 2)))
+
+
+def test_patch_mask_zeroes_whole_grid_cells_within_the_ratio():
+    x = torch.full((64, 3, 32, 32), 200, dtype=torch.uint8)
+    y = AugmentPolicy(hflip_p=0.0, mask_p=0.5, mask_ratio=(0.0, 0.75), mask_patch=8)(x, torch.Generator().manual_seed(1))
+    zero = (y == 0).all(dim=1).float()  # (B, H, W)
+    cells = zero.view(64, 4, 8, 4, 8).mean(dim=(2, 4))
+    assert set(cells.unique().tolist()) <= {0.0, 1.0}  # whole cells, aligned on the patch grid
+    share = zero.mean(dim=(1, 2))
+    assert share.max() <= 0.75 and 10 < int((share == 0).sum()) < 54  # about half the samples are masked
+    assert bool((y[zero.bool().unsqueeze(1).expand_as(y) == 0] == 200).all())  # the rest untouched
+    full = AugmentPolicy(hflip_p=0.0, mask_p=1.0, mask_ratio=(1.0, 1.0), mask_patch=8)(x)
+    assert int(full.sum()) == 0
+
+
+def test_safe_policy_is_the_papers_recipe_and_checks_its_fields():
+    from lib.data.augment import safe_policy
+
+    policy = safe_policy(24, mask_patch=4)
+    assert (policy.crop, policy.rotation, policy.brightness, policy.mask_p, policy.mask_ratio, policy.mask_patch) == (
+        24, 180.0, 0.5, 0.5, (0.0, 0.75), 4)
+    out = policy(_batch(n=4, size=32), torch.Generator().manual_seed(0))
+    assert out.shape == (4, 3, 24, 24) and out.dtype == torch.uint8
+    for bad in ({"rotation": 200.0}, {"mask_p": 1.5}, {"mask_ratio": (0.5, 0.2)}, {"mask_patch": 0}):
+        with pytest.raises(ValueError):
+            AugmentPolicy(**bad)
