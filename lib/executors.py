@@ -13,7 +13,7 @@ import signal
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from typing import Any, Callable, Sequence
 
-from tqdm.auto import tqdm
+from lib.progress import tqdm
 
 EXECUTORS = ("local", "processes")
 ENV_EXECUTOR, ENV_WORKERS = "FAKEDET_EXECUTOR", "FAKEDET_WORKERS"

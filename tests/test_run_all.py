@@ -102,7 +102,7 @@ def test_prerequisites_follow_needs_and_default_to_every_earlier_notebook():
     # most waited on first (02 and 03: 04 and 09), ties by number
     assert run_all.start_order(needs) == ["02", "03", "01", "04", "08", "09"]
     full = run_all.prerequisites(run_all.numbered_notebooks())
-    assert run_all.start_order(full)[:2] == ["02", "03"] and run_all.start_order(full)[-1] == "08"
+    assert run_all.start_order(full)[:2] == ["02", "03"] and set(run_all.start_order(full)[-3:]) == {"07", "08", "11"}
 
 
 def test_notebooks_run_side_by_side_only_once_their_inputs_are_done(monkeypatch, tmp_path):
@@ -130,7 +130,7 @@ def test_notebooks_run_side_by_side_only_once_their_inputs_are_done(monkeypatch,
 
     events.clear(), peak.__setitem__(0, 0)
     assert run_all.main(["--profile", "smoke", "--no-html", "--jobs", "1"]) == 0
-    assert peak[0] == 1 and len(events) == 16
+    assert peak[0] == 1 and len(events) == 2 * len(run_all.numbered_notebooks())
 
 
 def test_a_failure_lets_running_notebooks_finish_and_starts_no_dependent(monkeypatch, capsys, tmp_path):

@@ -19,7 +19,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
+from lib.progress import tqdm
 
 from lib.fileio import read_json, stable_hash, write_json
 from lib.paths import CACHE_DIR

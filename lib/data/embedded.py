@@ -44,7 +44,7 @@ import PIL
 import torch
 from PIL import Image
 from torch import nn
-from tqdm.auto import tqdm
+from lib.progress import tqdm
 
 from lib.fileio import read_json, sha256_file, stable_hash, to_json, write_json, write_text
 from lib.paths import EMBEDDED_DIR

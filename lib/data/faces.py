@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
+from lib.progress import tqdm
 
 from lib.fileio import read_table, stable_hash, write_table
 from lib.paths import CACHE_DIR

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
+from lib.progress import tqdm
 
 from lib.fileio import read_table, stable_hash, write_table
 from lib.data.duplicates import from_hex, merge_groups, phash, to_hex

@@ -24,11 +24,11 @@ import pandas as pd
 from lib.evaluation.metrics import best_threshold, per_source_metrics
 from lib.evaluation.stats import (bootstrap_p, cluster_bootstrap_counts, delong_test, group_strata, holm, holm_levels,
                                   mcnemar_test, nadeau_bengio_t, paired_tests, percentile_interval, summarize, verdict,
-                                  weighted_auc, weighted_mean, wilcoxon_min_p)
+                                  weighted_auc, weighted_average_precision, weighted_mean, wilcoxon_min_p)
 
 METRICS = ("auc", "ap", "accuracy", "f1")
 SETS = ("oof", "test")
-BOOT_METRICS = ("auc", "accuracy")
+BOOT_METRICS = ("auc", "ap", "accuracy")
 FAMILY_COLUMNS = ["a", "b", "set", "metric", "claim", "estimate_a", "estimate_b", "diff", "ci_low", "ci_high", "level",
                   "p", "p_holm", "verdict", "real_groups", "fake_groups", "real_images", "fake_images", "note"]
 N_BOOT = 2000
@@ -102,6 +102,10 @@ class _Resampler:
         if metric == "auc":
             full = weighted_auc(self.codes, self.labels, probability, np.ones((1, self.counts.shape[1]), int))[0]
             return float(full), weighted_auc(self.codes, self.labels, probability, self.counts)
+        if metric == "ap":
+            full = weighted_average_precision(self.codes, self.labels, probability,
+                                              np.ones((1, self.counts.shape[1]), int))[0]
+            return float(full), weighted_average_precision(self.codes, self.labels, probability, self.counts)
         if metric == "accuracy":
             correct = ((probability >= threshold).astype(int) == self.labels).astype(float)
             return float(correct.mean()), weighted_mean(self.codes, correct, self.counts)

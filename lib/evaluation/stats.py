@@ -227,6 +227,31 @@ def weighted_auc(group_of_image: Any, labels: Any, scores: Any, counts: np.ndarr
     return out
 
 
+def weighted_average_precision(group_of_image: Any, labels: Any, scores: Any, counts: np.ndarray,
+                               chunk: int = 256) -> np.ndarray:
+    """Average precision of every bootstrap replicate (a row of ``counts``), each image weighted by its group's count:
+    sum over distinct scores, highest first, of (recall gained there) x (precision at that threshold), as
+    `average_precision_score` computes it. Binned like `weighted_auc`."""
+    from scipy.sparse import csr_matrix
+
+    g = np.asarray(group_of_image, dtype=np.int64)
+    y = np.asarray(labels).astype(int)
+    uniq, bins = np.unique(np.asarray(scores, dtype=float), return_inverse=True)
+    bins = uniq.size - 1 - bins  # highest score first
+    shape = (counts.shape[1], uniq.size)
+    pos = csr_matrix((np.ones(int((y == 1).sum())), (g[y == 1], bins[y == 1])), shape=shape)
+    neg = csr_matrix((np.ones(int((y == 0).sum())), (g[y == 0], bins[y == 0])), shape=shape)
+    out = np.empty(counts.shape[0])
+    for start in range(0, counts.shape[0], chunk):
+        c = counts[start:start + chunk].astype(float)
+        wp, wn = np.asarray((pos.T @ c.T).T), np.asarray((neg.T @ c.T).T)
+        tp, fp = np.cumsum(wp, axis=1), np.cumsum(wn, axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
+            out[start:start + chunk] = (wp * precision).sum(axis=1) / wp.sum(axis=1)
+    return out
+
+
 def weighted_mean(group_of_image: Any, values: Any, counts: np.ndarray) -> np.ndarray:
     """Mean of a per-image value (e.g. correct = 1) in every replicate, each image weighted by its group's count."""
     g = np.asarray(group_of_image, dtype=np.int64)

@@ -26,7 +26,7 @@ from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
 from scipy.stats import mannwhitneyu
 from torch import nn
-from tqdm.auto import tqdm
+from lib.progress import tqdm
 
 from lib.models import gradcam_reshape_transform, gradcam_target_layers
 from lib.data.recipes import Recipe

@@ -200,7 +200,7 @@ def explain_subjects(subjects: pd.DataFrame, dataset: Any, n_per_cell: int = 4, 
                      face_boxes: pd.DataFrame | None = None, min_cells: int = 2,
                      progress: bool = True) -> tuple[dict[str, RunExplanation], dict[str, str]]:
     """`explain_run` of every subject's run: (subject -> explanation, subject -> why it was skipped)."""
-    from tqdm.auto import tqdm
+    from lib.progress import tqdm
 
     explanations, skipped = {}, {}
     for r in tqdm(subjects.itertuples(), total=len(subjects), desc="runs", disable=not progress):

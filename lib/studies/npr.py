@@ -29,7 +29,7 @@ mean ± std over fold models) is descriptive.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 import torch
 from scipy import stats as sps
-from tqdm.auto import tqdm
+from lib.progress import tqdm
 
 from lib.data.augment import AugmentPolicy
 from lib.data.recipes import Recipe
@@ -121,11 +121,13 @@ def describe_input(recipe: Recipe, augment: AugmentPolicy | None) -> str:
 
 @dataclass(frozen=True)
 class Arm:
-    """One compared configuration: `condition` (label), registry `model`, its `kwargs`."""
+    """One compared configuration: `condition` (label), registry `model`, its `kwargs`, and the training policy
+    when it differs from the shared one (`augment`; None: the training configuration's own)."""
 
     condition: str
     model: str
     kwargs: dict[str, Any] = field(default_factory=dict)
+    augment: AugmentPolicy | None = None
 
     @property
     def scales(self) -> tuple[float, ...]:
@@ -195,7 +197,9 @@ def run_arms(dataset: Any, splits: pd.DataFrame, recipe: Any, config: Any, arms:
     labels = [a.condition for a in arms]
     if len(set(labels)) != len(labels):
         raise ValueError(f"run_arms: condition labels must be unique, got {labels}")
-    tables = run_cv_many(dataset, splits, [CVJob(recipe, arm.model, config, arm.kwargs) for arm in arms],
+    jobs = [CVJob(recipe, arm.model, config if arm.augment is None else replace(config, augment=arm.augment), arm.kwargs)
+            for arm in arms]
+    tables = run_cv_many(dataset, splits, jobs,
                          runs_dir=runs_dir, progress=progress, **({} if cache_dir is None else {"cache_dir": cache_dir}))
     cv = pd.concat([cv.assign(condition=arm.condition, scales=scale_label(arm.scales)) for arm, cv in zip(arms, tables)],
                    ignore_index=True)
@@ -940,7 +944,7 @@ def headline_table(h2_intervals: pd.DataFrame, h3_intervals: pd.DataFrame | None
 
 # ----------------------------------------------------------------------------- figures
 
-def _interval_points(ax, frame: pd.DataFrame, x: str, hue: str, value: str = "estimate", order: Sequence | None = None):
+def interval_points(ax, frame: pd.DataFrame, x: str, hue: str, value: str = "estimate", order: Sequence | None = None):
     """Points with asymmetric error bars (ci_low, ci_high), one colour per level of `hue`, dodged along x."""
     levels = list(dict.fromkeys(frame[x])) if order is None else list(order)
     hues = list(dict.fromkeys(frame[hue]))
@@ -968,14 +972,14 @@ def scale_figure(intervals: pd.DataFrame, family: pd.DataFrame, arms: Sequence[A
                            f"{', uniform' if a.kwargs.get('attention') == 'uniform' else ''})" for a in arms}
     auc = intervals[intervals["metric"] == "auc"].assign(label=lambda t: t["condition"].map(scales).fillna(t["condition"]))
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.2), gridspec_kw={"width_ratios": [1.2, 1]})
-    _interval_points(axes[0], auc, "label", "set")
+    interval_points(axes[0], auc, "label", "set")
     axes[0].set_ylabel("AUC")
     axes[0].set_title(f"{title}: AUC per arm and scales (95 % group-bootstrap interval)")
     axes[0].legend(title="set", fontsize=8)
     rows = family[family["metric"] == "auc"] if len(family) else family
     if len(rows):
         rows = rows.assign(pair=rows["a"] + " -\n" + rows["b"])
-        _interval_points(axes[1], rows, "pair", "set", value="diff")
+        interval_points(axes[1], rows, "pair", "set", value="diff")
         axes[1].axhline(0, color="grey", lw=0.8, ls="--")
         axes[1].legend(title="set", fontsize=8)
     axes[1].set_ylabel("AUC difference (a - b)")
@@ -995,7 +999,7 @@ def h3_figure(per_source: pd.DataFrame, gap: pd.DataFrame, path: str | Path | No
     src = per_source[per_source["metric"] == "auc"].assign(
         label=lambda t: np.where(t["in_training"] == "unseen", t["source"] + UNSEEN, t["source"]))
     order = [*src.loc[src["in_training"] == "seen", "label"].unique(), *src.loc[src["in_training"] == "unseen", "label"].unique()]
-    _interval_points(axes[0], src, "label", "condition", order=order)
+    interval_points(axes[0], src, "label", "condition", order=order)
     axes[0].set_ylabel("AUC (fold ensemble)")
     axes[0].set_title("H3: AUC per generator against the real test images (95 % group-bootstrap interval)")
     axes[0].legend(fontsize=8)

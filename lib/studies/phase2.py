@@ -33,7 +33,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
+from lib.progress import tqdm
 
 from lib.evaluation import compare
 from lib.evaluation.compare import N_BOOT, require_validation

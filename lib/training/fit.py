@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from lib.progress import tqdm
 
 from lib.data.augment import AugmentPolicy
 from lib.data.cache import IMAGENET_MEAN, IMAGENET_STD, BatchLoader, channel_stats

@@ -99,14 +99,16 @@ def test_two_groups_per_class_is_two_units():
     assert hundred["ci_high"] - hundred["ci_low"] > 0.2
 
 
-def test_bootstrap_auc_matches_sklearn_and_stays_in_range():
-    from sklearn.metrics import roc_auc_score
+def test_bootstrap_auc_and_ap_match_sklearn_and_stay_in_range():
+    from sklearn.metrics import average_precision_score, roc_auc_score
     preds = synthetic_predictions().assign(group=lambda d: "g" + (d.index % 37).astype(str))
-    iv = compare.metric_intervals(preds, sets=["test"], metrics=["auc"])
+    iv = compare.metric_intervals(preds, sets=["test"], metrics=["auc", "ap"])
     ens = compare.fold_ensemble(preds)
+    score = {"auc": roc_auc_score, "ap": average_precision_score}
+    assert set(iv["metric"]) == {"auc", "ap"}
     for _, row in iv.iterrows():
         part = ens[ens["model"] == row["model"]]
-        assert row["estimate"] == pytest.approx(roc_auc_score(part["label"], part["probability"]))
+        assert row["estimate"] == pytest.approx(score[row["metric"]](part["label"], part["probability"]))
         assert 0 <= row["ci_low"] <= row["estimate"] <= row["ci_high"] <= 1
 
 

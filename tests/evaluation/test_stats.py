@@ -150,3 +150,20 @@ def test_holm_levels_are_consistent_with_the_step_down():
     stopped = holm_levels([0.001, 0.03, 0.04])   # 0.03 > 0.05/2: the step-down stops, the rest keep that level
     assert stopped[0] == pytest.approx(0.05 / 3) and stopped[1] == stopped[2] == pytest.approx(0.025)
     assert (holm(np.array([0.001, 0.03, 0.04])) <= 0.05).tolist() == [True, False, False]
+
+
+def test_weighted_average_precision_is_sklearns_with_group_counts_as_weights():
+    from sklearn.metrics import average_precision_score
+
+    rng = np.random.default_rng(3)
+    n, n_groups = 120, 30
+    groups = rng.integers(0, n_groups, n)
+    labels = rng.integers(0, 2, n)
+    scores = np.round(rng.random(n) * 0.5 + 0.3 * labels, 2)  # rounded: ties across classes
+    counts = rng.integers(0, 3, (5, n_groups))
+    counts[0] = 1
+    out = S.weighted_average_precision(groups, labels, scores, counts)
+    for row, c in enumerate(counts):
+        weights = c[groups]
+        expected = average_precision_score(labels, scores, sample_weight=weights)
+        assert out[row] == pytest.approx(expected, abs=1e-12)

@@ -61,6 +61,9 @@ def test_reports_hold_no_progress_bars_or_stderr_noise(smoke_reports):
         stderr = ["".join(o.get("text", "")) for c in executed["cells"] for o in c.get("outputs", [])
                   if o.get("name") == "stderr"]
         assert stderr == [], f"{nb.stem} prints to stderr: {stderr[:2]}"
+        widgets = [o for c in executed["cells"] for o in c.get("outputs", [])
+                   if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+        assert widgets == [], f"{nb.stem} renders progress widgets: {widgets[:1]}"
         html = (smoke_reports / f"{nb.stem}.html").read_text()
         assert "it/s]" not in html and "TqdmWarning" not in html and "IProgress" not in html
 
