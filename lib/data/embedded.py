@@ -453,7 +453,9 @@ def _train_autoencoders(pool: np.ndarray, params: dict[str, Any], seed: int) -> 
     """
     if params["ae_steps"] < PARALLEL_MIN_STEPS:  # a worker's start-up (importing torch) would cost more than it saves
         return {k: train_autoencoder(k, pool, params, seed) for k in AE_SOURCES}
-    context = multiprocessing.get_context("spawn")  # a fork of a process with running OpenMP threads can hang
+    # never a fork of this process (its OpenMP threads may be running): a fork server that imported torch once
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["lib.data.embedded"])
     with ProcessPoolExecutor(len(AE_SOURCES), mp_context=context) as pool_ex:
         futures = {k: pool_ex.submit(_autoencoder_state, k, pool, params, seed) for k in AE_SOURCES}
         states = {k: f.result() for k, f in futures.items()}
