@@ -213,9 +213,9 @@ def conclusions(family: pd.DataFrame, intervals: pd.DataFrame, gap: pd.DataFrame
                                              f" [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]") + ".")
     if len(costs):
         fastest = costs.loc[costs["images_per_s"].idxmax()]
-        lines.append(f"Every arm has {int(costs['parameters'].min()):,}-{int(costs['parameters'].max()):,} parameters "
-                     f"(the front-ends have none); fastest at inference: {fastest['condition']} "
-                     f"({fastest['images_per_s']:.0f} images/s).")
+        low, high = int(costs["parameters"].min()), int(costs["parameters"].max())
+        lines.append(f"Every arm has {low:,}{'' if low == high else f'-{high:,}'} parameters (the front-ends have "
+                     f"none); fastest at inference: {fastest['condition']} ({fastest['images_per_s']:.0f} images/s).")
     return lines
 
 

@@ -98,7 +98,7 @@ def test_headline_and_conclusions_are_computed_from_the_tables():
     lines = af.conclusions(family, intervals, gap, costs, ["gen_c"], "input line")
     assert lines[0] == "input line" and any("'safe_dwt > rgb': " + verdict in line for line in lines)
     assert any(line.startswith("Highest unseen AUC: safe_dwt") for line in lines)
-    assert any("fastest at inference: npr" in line for line in lines)
+    assert any("Every arm has 100 parameters" in line and "fastest at inference: npr" in line for line in lines)
 
 
 def test_arms_with_safes_policy_train_through_the_run_store(tiny_study, tmp_path):  # noqa: F811
