@@ -107,7 +107,7 @@ def executor_benchmark(args: argparse.Namespace, scratch: Path) -> dict:
 
     manifest, _ = load_manifest(args, scratch)
     dataset = SimpleNamespace(manifest=manifest, fingerprint=f"bench-{len(manifest)}")
-    splits = make_splits(manifest, n_folds=args.grid_folds, test_ratio=0.1, seed=0, cache_dir=scratch / "splits")
+    splits = make_splits(manifest, n_folds=args.grid_folds, test_ratio=0.2, seed=0, cache_dir=scratch / "splits")
     job = CVJob(Recipe(size=args.size), args.model, TrainConfig(epochs=1, batch_size=args.batch_size, seed=0))
     build_cache(manifest, job.recipe, cache_dir=scratch / "cache", progress=False)  # both start warm
     seconds, tables = {}, {}
