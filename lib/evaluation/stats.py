@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
@@ -201,29 +201,36 @@ def cluster_bootstrap_counts(strata: Any, n_boot: int = 2000, seed: int = 0) -> 
     return counts
 
 
-def weighted_auc(group_of_image: Any, labels: Any, scores: Any, counts: np.ndarray, chunk: int = 256) -> np.ndarray:
-    """ROC AUC of every bootstrap replicate (a row of ``counts``), each image weighted by its group's count.
-
-    Vectorised: images are binned by unique score, positives and negatives summed per (group, bin) in sparse
-    matrices, so a replicate costs one sparse product; ties count one half, as in `roc_auc_score`.
-    """
+def _binned_class_weights(group_of_image: Any, labels: Any, scores: Any, counts: np.ndarray, chunk: int = 256,
+                          descending: bool = False) -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:
+    """Per chunk of replicates (rows of ``counts``): the positive and negative weight in each unique-score bin
+    (ascending, or highest first), each image weighted by its group's count. Images are summed per (group, bin) in
+    sparse matrices, so a replicate costs one sparse product."""
     from scipy.sparse import csr_matrix
 
     g = np.asarray(group_of_image, dtype=np.int64)
     y = np.asarray(labels).astype(int)
     uniq, bins = np.unique(np.asarray(scores, dtype=float), return_inverse=True)
+    if descending:
+        bins = uniq.size - 1 - bins
     shape = (counts.shape[1], uniq.size)
     pos = csr_matrix((np.ones(int((y == 1).sum())), (g[y == 1], bins[y == 1])), shape=shape)
     neg = csr_matrix((np.ones(int((y == 0).sum())), (g[y == 0], bins[y == 0])), shape=shape)
-    out = np.empty(counts.shape[0])
     for start in range(0, counts.shape[0], chunk):
         c = counts[start:start + chunk].astype(float)
-        wp, wn = np.asarray((pos.T @ c.T).T), np.asarray((neg.T @ c.T).T)
+        yield slice(start, start + chunk), np.asarray((pos.T @ c.T).T), np.asarray((neg.T @ c.T).T)
+
+
+def weighted_auc(group_of_image: Any, labels: Any, scores: Any, counts: np.ndarray, chunk: int = 256) -> np.ndarray:
+    """ROC AUC of every bootstrap replicate (a row of ``counts``), each image weighted by its group's count.
+    Vectorised over score bins (`_binned_class_weights`); ties count one half, as in `roc_auc_score`."""
+    out = np.empty(counts.shape[0])
+    for rows, wp, wn in _binned_class_weights(group_of_image, labels, scores, counts, chunk):
         below = np.cumsum(wn, axis=1) - wn  # negative weight strictly below each score bin
         num = (wp * (below + 0.5 * wn)).sum(axis=1)
         den = wp.sum(axis=1) * wn.sum(axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):
-            out[start:start + chunk] = num / den
+            out[rows] = num / den
     return out
 
 
@@ -231,24 +238,13 @@ def weighted_average_precision(group_of_image: Any, labels: Any, scores: Any, co
                                chunk: int = 256) -> np.ndarray:
     """Average precision of every bootstrap replicate (a row of ``counts``), each image weighted by its group's count:
     sum over distinct scores, highest first, of (recall gained there) x (precision at that threshold), as
-    `average_precision_score` computes it. Binned like `weighted_auc`."""
-    from scipy.sparse import csr_matrix
-
-    g = np.asarray(group_of_image, dtype=np.int64)
-    y = np.asarray(labels).astype(int)
-    uniq, bins = np.unique(np.asarray(scores, dtype=float), return_inverse=True)
-    bins = uniq.size - 1 - bins  # highest score first
-    shape = (counts.shape[1], uniq.size)
-    pos = csr_matrix((np.ones(int((y == 1).sum())), (g[y == 1], bins[y == 1])), shape=shape)
-    neg = csr_matrix((np.ones(int((y == 0).sum())), (g[y == 0], bins[y == 0])), shape=shape)
+    `average_precision_score` computes it."""
     out = np.empty(counts.shape[0])
-    for start in range(0, counts.shape[0], chunk):
-        c = counts[start:start + chunk].astype(float)
-        wp, wn = np.asarray((pos.T @ c.T).T), np.asarray((neg.T @ c.T).T)
+    for rows, wp, wn in _binned_class_weights(group_of_image, labels, scores, counts, chunk, descending=True):
         tp, fp = np.cumsum(wp, axis=1), np.cumsum(wn, axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):
             precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
-            out[start:start + chunk] = (wp * precision).sum(axis=1) / wp.sum(axis=1)
+            out[rows] = (wp * precision).sum(axis=1) / wp.sum(axis=1)
     return out
 
 
