@@ -140,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="override one notebook parameter (repeatable; checked like the params files)")
     parser.add_argument("--executor", choices=EXECUTORS, help="where independent runs train (default: processes)")
-    parser.add_argument("--workers", type=int, help="worker processes of the processes executor (default: CPU cores)")
+    parser.add_argument("--workers", type=int, help="worker processes of each notebook's processes executor "
+                        "(default: CPU cores / --jobs, the cores shared by the notebooks side by side)")
     parser.add_argument("--jobs", type=int, default=2, help="notebooks run side by side when their inputs are ready "
                         "(default: 2; 1 runs them one after another)")
     parser.add_argument("--no-html", action="store_true", help="skip the HTML export")
@@ -169,6 +170,10 @@ def main(argv: list[str] | None = None) -> int:
         os.environ[ENV_EXECUTOR] = executor
     if args.workers:
         os.environ[ENV_WORKERS] = str(args.workers)
+    elif ENV_WORKERS not in os.environ:
+        # Two notebooks side by side share the cores: on 2 cores each trains in its own kernel (1 worker: no pool),
+        # which measured 4 % faster cold than two pools of 2 workers each competing for the same cores.
+        os.environ[ENV_WORKERS] = str(max(1, (os.cpu_count() or 1) // args.jobs))
 
     out_dir = report_dir(args.profile)
     log = load_run_log(args.profile)

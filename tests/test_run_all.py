@@ -148,3 +148,19 @@ def test_a_failure_lets_running_notebooks_finish_and_starts_no_dependent(monkeyp
     assert "03" in started and not {"04", "05", "06", "07"} & set(started)
     err = capsys.readouterr().err
     assert "RuntimeError: phase 1 exploded" in err and "not run:" in err and "04_phase2_preprocessing" in err
+
+
+def test_notebooks_side_by_side_share_the_cores_between_their_workers(monkeypatch, tmp_path):
+    from lib.executors import ENV_WORKERS
+
+    monkeypatch.setattr(run_all, "run_notebook", lambda *a: None)
+    monkeypatch.setattr(run_all.os, "cpu_count", lambda: 8)
+    _fake_store(monkeypatch, tmp_path)
+    for argv, expected in ((["--jobs", "2"], "4"), (["--jobs", "1"], "8"), (["--jobs", "3"], "2"),
+                           (["--jobs", "2", "--workers", "3"], "3")):
+        monkeypatch.delenv(ENV_WORKERS, raising=False)
+        assert run_all.main(["--profile", "default", "--only", "01", "--no-html", *argv]) == 0
+        assert run_all.os.environ[ENV_WORKERS] == expected, argv
+    monkeypatch.setenv(ENV_WORKERS, "5")  # a value the user exported is kept
+    assert run_all.main(["--profile", "default", "--only", "01", "--no-html"]) == 0
+    assert run_all.os.environ[ENV_WORKERS] == "5"
