@@ -69,10 +69,7 @@ def test_set_values_are_typed_and_checked_against_the_notebooks(monkeypatch, cap
 def test_set_value_reaches_the_notebook(monkeypatch, tmp_path):
     seen = {}
     monkeypatch.setattr(run_all, "run_notebook", lambda nb, out, parameters: seen.update(parameters))
-    monkeypatch.setattr(run_all, "report_dir", lambda profile: tmp_path)
-    monkeypatch.setattr(run_all, "load_run_log", lambda profile: {"notebooks": {}})
-    monkeypatch.setattr(run_all, "save_run_log", lambda profile, log: None)
-    monkeypatch.setattr(run_all, "build_index", lambda profile: tmp_path / "index.html")
+    _fake_store(monkeypatch, tmp_path)
     assert run_all.main(["--profile", "smoke", "--only", "08", "--no-html", "--set", "external_root=/data/x"]) == 0
     assert seen["external_root"] == "/data/x"
 

@@ -164,11 +164,6 @@ for _name, _front in ARTEFACT_MODELS.items():
     _register(_name, _front)
 
 
-def model_front_end(model_name: str) -> str:
-    """The front-end of a registered artefact model (`npr` included)."""
-    return "npr" if model_name == "npr" else ARTEFACT_MODELS[model_name]
-
-
 def front_end_map(front_end: str, x: torch.Tensor) -> torch.Tensor:
     """The artefact map of a (N, C, H, W) batch under `front_end`, without a model (for figures)."""
     with torch.no_grad():
@@ -176,4 +171,4 @@ def front_end_map(front_end: str, x: torch.Tensor) -> torch.Tensor:
 
 
 __all__ = ["ARTEFACT_MODELS", "ArtefactNet", "FRONT_ENDS", "dct_highpass", "dwt_hh", "fft_highpass",
-           "front_end_map", "model_front_end", "safe_map", "sobel_magnitude"]
+           "front_end_map", "safe_map", "sobel_magnitude"]

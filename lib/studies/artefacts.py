@@ -24,13 +24,12 @@ import torch
 
 from lib.data.augment import safe_policy
 from lib.evaluation.compare import N_BOOT, describe_family_row, interval_text, metric_intervals
-from lib.models.artefacts import FRONT_ENDS, front_end_map
+from lib.models.artefacts import ARTEFACT_MODELS, FRONT_ENDS, front_end_map
 from lib.paths import RUNS_DIR
 from lib.studies.npr import Arm, h3_views, interval_points, view_family
 
-# front-end -> registered model (the trunk and head are the same in all of them)
-MODELS = {"rgb": "rgb_trunk", "npr": "npr", "safe_dwt": "safe", "fft_highpass": "fft_trunk",
-          "dct_highpass": "dct_trunk", "sobel": "sobel_trunk"}
+# front-end -> registered model (the trunk and head are the same in all of them; npr keeps its own class)
+MODELS = {"npr": "npr", **{front_end: model for model, front_end in ARTEFACT_MODELS.items()}}
 CONTROL = "rgb"
 NPR = "npr"
 SAFE_AUG = "+safe_aug"  # label suffix of an arm trained with SAFE's augmentation policy
