@@ -139,7 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layout", help="dataset layout (default: auto-detected)")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="override one notebook parameter (repeatable; checked like the params files)")
-    parser.add_argument("--executor", choices=EXECUTORS, help="where independent runs train (default: processes)")
+    parser.add_argument("--executor", choices=EXECUTORS, help="where independent runs train (default: processes; "
+                        "ray: Ray tasks, on the cluster of --ray-address or a local instance)")
+    parser.add_argument("--ray-address", help="Ray cluster to join with --executor ray ('auto': the one started on this "
+                        "machine with `ray start`; default: $RAY_ADDRESS, else a local instance per notebook)")
     parser.add_argument("--workers", type=int, help="worker processes of each notebook's processes executor "
                         "(default: CPU cores / --jobs, the cores shared by the notebooks side by side)")
     parser.add_argument("--jobs", type=int, default=2, help="notebooks run side by side when their inputs are ready "
@@ -168,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     executor = args.executor or PROFILE_EXECUTOR.get(args.profile)
     if executor:
         os.environ[ENV_EXECUTOR] = executor
+    if args.ray_address:
+        os.environ["RAY_ADDRESS"] = args.ray_address  # ray.init reads it in every kernel
     if args.workers:
         os.environ[ENV_WORKERS] = str(args.workers)
     elif ENV_WORKERS not in os.environ:

@@ -1,8 +1,11 @@
-"""Where independent runs execute: `local` (one after another in this process) or `processes` (a pool of worker
-processes). A run's numbers never depend on the executor: every run trains with the thread count of its TrainConfig.
+"""Where independent runs execute: `local` (one after another in this process), `processes` (a pool of worker
+processes) or `ray` (Ray tasks, on a local Ray instance or a cluster). A run's numbers never depend on the executor:
+every run trains with the thread count of its TrainConfig.
 
 The default comes from the environment, so that `run_all.py --executor/--workers` reaches the notebook kernels:
-`FAKEDET_EXECUTOR` (`processes` unless set) and `FAKEDET_WORKERS` (default: the number of CPU cores).
+`FAKEDET_EXECUTOR` (`processes` unless set) and `FAKEDET_WORKERS` (default: the number of CPU cores). Ray reads
+`RAY_ADDRESS` itself: `auto` (or a head's address) joins a running cluster; unset, a local instance starts with
+`FAKEDET_WORKERS` CPUs.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any, Callable, Sequence
 
 from lib.progress import tqdm
 
-EXECUTORS = ("local", "processes")
+EXECUTORS = ("local", "processes", "ray")
 ENV_EXECUTOR, ENV_WORKERS = "FAKEDET_EXECUTOR", "FAKEDET_WORKERS"
 
 
@@ -83,19 +86,88 @@ def _init_worker() -> None:
     torch.set_num_threads(1)  # each run sets its own count; this only bounds imports and set-up
 
 
-_SHARED: dict[tuple[str, int], LocalExecutor | ProcessExecutor] = {}
+class RayExecutor:
+    """Runs each job as a Ray task: on a running cluster when `address` (or $RAY_ADDRESS) names one (`auto` finds
+    the local head), else on a local instance with `workers` CPUs that lives as long as this process.
+
+    A task takes one CPU (every run trains with its own fixed thread count) and one GPU when the cluster has GPUs.
+    A task whose worker dies (a killed process, a lost node) is retried up to `max_retries` times; an error raised by
+    the job itself is not retried (it would fail again) and is re-raised after the other tasks finish. Jobs must be
+    idempotent and write their results atomically, as the run store does: a retried run starts from scratch and a
+    half-written one never counts. Workers import `lib` from the same installation as this process, so on a cluster
+    every node needs the project installed (`pip install -e .`) and the data and run folders on a shared path.
+    """
+
+    name = "ray"
+
+    def __init__(self, workers: int, address: str | None = None, max_retries: int = 2):
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        self.workers, self.address, self.max_retries = workers, address, max_retries
+        self._started = False  # whether this executor started (or joined) Ray, and so may shut it down
+
+    def _connect(self):
+        import logging
+
+        import ray
+
+        if not ray.is_initialized():
+            self._started = True
+            address = self.address or os.environ.get("RAY_ADDRESS") or None
+            local = {} if address else {"num_cpus": self.workers}
+            # no dashboard, no worker logs forwarded into notebooks: reports stay free of Ray's console output
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+                     **local)
+        return ray
+
+    def run(self, fn: Callable[[Any], Any], jobs: Sequence[Any], desc: str = "runs", progress: bool = True) -> list:
+        if not jobs:
+            return []
+        ray = self._connect()
+        gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+        task = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=self.max_retries, retry_exceptions=False)(
+            _call_in_ray_worker)
+        refs = [task.remote(fn, job) for job in jobs]
+        pending, errors = list(refs), []
+        with tqdm(total=len(refs), desc=f"{desc} (ray)", unit="run", disable=not progress) as bar:
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                try:
+                    ray.get(done[0])
+                except Exception as err:  # the others still finish: their runs are written atomically
+                    errors.append(err)
+                bar.update(1)
+        if errors:
+            first = errors[0]
+            raise getattr(first, "cause", None) or first  # a RayTaskError wraps the job's own exception
+        return ray.get(refs)
+
+    def shutdown(self) -> None:
+        if self._started:
+            import ray
+
+            ray.shutdown()
+            self._started = False
 
 
-def get_executor(name: str | None = None, workers: int | None = None) -> LocalExecutor | ProcessExecutor:
+def _call_in_ray_worker(fn: Callable[[Any], Any], job: Any) -> Any:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see lib/__init__.py
+    return fn(job)
+
+
+_SHARED: dict[tuple[str, int], ProcessExecutor | RayExecutor] = {}
+
+
+def get_executor(name: str | None = None, workers: int | None = None) -> LocalExecutor | ProcessExecutor | RayExecutor:
     """The executor `name` (default: $FAKEDET_EXECUTOR, else `processes`) with `workers` processes (default:
     $FAKEDET_WORKERS, else the number of CPU cores). Pools are shared within a process."""
     name = name or os.environ.get(ENV_EXECUTOR) or "processes"
     if name not in EXECUTORS:
         raise ValueError(f"unknown executor {name!r}; choose one of {', '.join(EXECUTORS)}")
     workers = int(workers or os.environ.get(ENV_WORKERS) or os.cpu_count() or 1)
-    if name == "local" or workers == 1:
+    if name == "local" or (name == "processes" and workers == 1):
         return LocalExecutor()
     key = (name, workers)
     if key not in _SHARED:
-        _SHARED[key] = ProcessExecutor(workers)
+        _SHARED[key] = ProcessExecutor(workers) if name == "processes" else RayExecutor(workers)
     return _SHARED[key]

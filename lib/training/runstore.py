@@ -30,8 +30,9 @@ from lib.data.splits import fold_ids, part_indices
 from lib.evaluation.metrics import binary_metrics
 from lib.fileio import atomic_write, read_json, read_table, stable_hash, write_json, write_table
 from lib.models import count_parameters, create_model, model_revision
-from lib.executors import LocalExecutor, ProcessExecutor, get_executor
+from lib.executors import LocalExecutor, ProcessExecutor, RayExecutor, get_executor
 from lib.paths import CACHE_DIR, RUNS_DIR
+from lib.training import tracking
 from lib.training.fit import TrainConfig, fit, normalization_stats, predict, seed_everything
 
 RUN_FILES = ("history.csv", "predictions.parquet", "metrics.json", "model.safetensors", "config.json")
@@ -319,13 +320,14 @@ def run_cv_many(
     runs_dir: str | Path = RUNS_DIR,
     progress: bool = True,
     cache_dir: str | Path = CACHE_DIR,
-    executor: LocalExecutor | ProcessExecutor | None = None,
+    executor: LocalExecutor | ProcessExecutor | RayExecutor | None = None,
 ) -> list[pd.DataFrame]:
     """Train (or load) every fold of every job; one `run_cv` table per job, in order.
 
     The runs still missing go to `executor` (default `get_executor()`: worker processes) all at once, so folds and
     configurations train side by side; the numbers are the same on every executor (see TrainConfig.threads). An
-    interrupted call keeps every finished run; the next call trains only the missing ones.
+    interrupted call keeps every finished run; the next call trains only the missing ones. The runs trained here are
+    logged to MLflow when tracking is configured (`lib.training.tracking`).
     """
     folds = list(fold_ids(splits) if folds is None else folds)
     if not folds:
@@ -353,6 +355,7 @@ def run_cv_many(
                                                    for spec, job in order], desc="training", progress=progress)
             trained = [dataclasses.replace(load_run(Path(runs_dir) / key), trained=True) for key in keys]
         results.update({r.key: r for r in trained})
+        tracking.log_runs(r for r in trained if r.trained)  # MLflow, when the notebook configured it
     return [pd.DataFrame([_fold_row(job, results[specs[(i, fold)].key]) for fold in folds]) for i, job in enumerate(jobs)]
 
 
@@ -368,7 +371,7 @@ def run_cv(
     progress: bool = True,
     boxes: np.ndarray | None = None,
     cache_dir: str | Path = CACHE_DIR,
-    executor: LocalExecutor | ProcessExecutor | None = None,
+    executor: LocalExecutor | ProcessExecutor | RayExecutor | None = None,
 ) -> pd.DataFrame:
     """Train (or load) one run per fold; tidy table with one row per fold.
 

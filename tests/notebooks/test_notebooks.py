@@ -55,6 +55,22 @@ def test_phase1_tables(smoke_reports):
     assert len(conclusions["run_keys"]) == len(folds)
 
 
+def test_runs_a_notebook_trained_are_in_its_mlflow_experiment(smoke_reports):
+    from mlflow import MlflowClient
+
+    from lib.training import tracking
+
+    folds = pd.read_csv(smoke_reports / "tables" / "phase1_folds.csv")
+    client = MlflowClient(tracking_uri=tracking.default_uri())
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    logged = {r.data.tags["run_key"]: r for r in client.search_runs(experiments)} if experiments else {}
+    trained = folds.loc[folds["trained"], "run_key"]  # runs loaded from the store were logged when trained
+    if len(trained):  # a warm store trains nothing; CI's fresh clone trains every run
+        ours = client.get_experiment_by_name("smoke/03_phase1_baselines").experiment_id
+        assert all(logged[key].info.experiment_id == ours for key in trained)  # 03 trains them before 05 runs
+        assert all("test_auc" in logged[key].data.metrics for key in trained)
+
+
 def test_reports_hold_no_progress_bars_or_stderr_noise(smoke_reports):
     for nb in run_all.numbered_notebooks():
         executed = json.loads((smoke_reports / nb.name).read_text())
