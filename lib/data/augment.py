@@ -9,6 +9,10 @@ every other edit), then the patch mask (SAFE's RandomMask: square patches on a g
 ``safe_policy`` is SAFE's training policy (Li et al., KDD 2025): native random crop, flip, rotation up to 180
 degrees, brightness/contrast/saturation 0.5, and with probability 0.5 a patch mask over 0-75 % of the area.
 
+``randaugment_ops`` / ``erasing_p`` (off by default) add torchvision's RandAugment (Cubuk et al. 2020) and
+RandomErasing (Cutout; Zhong et al. 2020) after the other value steps: each sample gets its own draw (one call per
+sample).
+
 ``crop`` (off by default) is for detectors of pixel-level traces such as NPR: with it, the policy takes a
 random ``crop x crop`` window of each sample (its own offsets) and, with ``hflip_p``, mirrors it; both only
 move pixels, so every output pixel is an input pixel, bit for bit. The batch then has ``crop x crop`` pixels,
@@ -26,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torchvision.transforms import v2
 from torchvision.transforms.functional import InterpolationMode, rgb_to_grayscale, rotate
 
 
@@ -45,6 +50,12 @@ class AugmentPolicy:
       nearest, zero fill, as RandomRotation); 0 = off.
     mask_p: probability of SAFE's patch mask: a share of the area drawn in mask_ratio is covered by distinct
       mask_patch x mask_patch cells of the patch grid, set to zero.
+    randaugment_ops: number of RandAugment operations per sample (torchvision's v2.RandAugment, 0 = off) at
+      randaugment_magnitude (0..30; torchvision's default 9); after the JPEG step, before the patch mask.
+    erasing_p: probability of torchvision's v2.RandomErasing per sample (default area 2-33 %, aspect 0.3-3.3),
+      the erased rectangle set to 0 (black) in uint8 space; the very last step.
+      Both draw from torch's global CPU generator: they run inside ``fork_rng`` with it seeded from ``generator``,
+      so a seeded loader repeats them exactly and the global stream is left as it was.
 
     Run keys: a policy enters a run's key through `dataclasses.asdict` of the run spec. A field added after runs
     were stored (``crop``) is left out of ``fields()`` of an instance where it has its default, so policies that
@@ -67,6 +78,9 @@ class AugmentPolicy:
     mask_p: float = 0.0
     mask_ratio: tuple[float, float] = (0.0, 0.75)
     mask_patch: int = 16
+    randaugment_ops: int = 0
+    randaugment_magnitude: int = 9
+    erasing_p: float = 0.0
 
     def __post_init__(self) -> None:
         # Tuples may arrive as lists (from YAML/JSON): normalise so equal policies hash equal.
@@ -75,7 +89,7 @@ class AugmentPolicy:
             if len(value) != 2 or value[0] > value[1]:
                 raise ValueError(f"AugmentPolicy.{name} must be a (low, high) pair with low <= high, got {value}")
             object.__setattr__(self, name, value)
-        for name in ("hflip_p", "jpeg_p", "blur_p", "mask_p"):
+        for name in ("hflip_p", "jpeg_p", "blur_p", "mask_p", "erasing_p"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"AugmentPolicy.{name} must be a probability in [0, 1], got {getattr(self, name)}")
         if not 0.0 < self.crop_scale[0] <= self.crop_scale[1] <= 1.0:
@@ -97,6 +111,11 @@ class AugmentPolicy:
         if isinstance(self.mask_patch, bool) or int(self.mask_patch) != self.mask_patch or self.mask_patch < 1:
             raise ValueError(f"AugmentPolicy.mask_patch must be an int >= 1, got {self.mask_patch!r}")
         object.__setattr__(self, "mask_patch", int(self.mask_patch))
+        for name, high in (("randaugment_ops", 14), ("randaugment_magnitude", 30)):  # 14 ops in torchvision's space
+            value = getattr(self, name)
+            if isinstance(value, bool) or int(value) != value or not 0 <= value <= high:
+                raise ValueError(f"AugmentPolicy.{name} must be an int in 0..{high}, got {value!r}")
+            object.__setattr__(self, name, int(value))
         if self.crop and self.crop_scale != (1.0, 1.0):
             raise ValueError("AugmentPolicy.crop (a window of native pixels) replaces the resized crop: leave "
                              f"crop_scale at (1, 1), got {self.crop_scale}")
@@ -180,8 +199,12 @@ class AugmentPolicy:
             quality = torch.randint(low, high + 1, (b,), generator=g)
             for i in torch.nonzero(sel).flatten().tolist():  # per sample: each has its own quality
                 out[i] = _jpeg_roundtrip(out[i], int(quality[i]))
+        if self.randaugment_ops > 0:
+            out = _per_sample_seeded(v2.RandAugment(self.randaugment_ops, self.randaugment_magnitude), out, g)
         if self.mask_p > 0:
             out = self._patch_mask(out, g, uniform)
+        if self.erasing_p > 0:
+            out = _per_sample_seeded(v2.RandomErasing(p=self.erasing_p, value=0), out, g)
         return out
 
     def _patch_mask(self, out: torch.Tensor, g: torch.Generator | None, uniform) -> torch.Tensor:
@@ -203,7 +226,8 @@ class AugmentPolicy:
     def _changes_values(self) -> bool:
         """Does any step besides the crop and the flip touch pixel values?"""
         return (self.crop_scale != (1.0, 1.0) or self.brightness > 0 or self.contrast > 0 or self.saturation > 0
-                or self.blur_p > 0 or self.noise_std > 0 or self.jpeg_p > 0 or self.rotation > 0 or self.mask_p > 0)
+                or self.blur_p > 0 or self.noise_std > 0 or self.jpeg_p > 0 or self.rotation > 0 or self.mask_p > 0
+                or self.randaugment_ops > 0 or self.erasing_p > 0)
 
     def _native_crop(self, x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
         """A random crop x crop window of each sample (own offsets, every position equally likely), pixels as they are."""
@@ -234,7 +258,8 @@ class AugmentPolicy:
 
 
 # fields added after runs were stored, with the default that leaves them out of keys
-_LATER_FIELDS = {"crop": 0, "rotation": 0.0, "mask_p": 0.0, "mask_ratio": (0.0, 0.75), "mask_patch": 16}
+_LATER_FIELDS = {"crop": 0, "rotation": 0.0, "mask_p": 0.0, "mask_ratio": (0.0, 0.75), "mask_patch": 16,
+                 "randaugment_ops": 0, "randaugment_magnitude": 9, "erasing_p": 0.0}
 
 
 def safe_policy(crop: int, mask_patch: int = 16, mask_p: float = 0.5) -> AugmentPolicy:
@@ -247,6 +272,15 @@ def safe_policy(crop: int, mask_patch: int = 16, mask_p: float = 0.5) -> Augment
 
 def _from_dict(cls: type, d: dict[str, Any]) -> AugmentPolicy:
     return cls(**d)
+
+
+def _per_sample_seeded(transform: Any, out: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
+    """Apply a torchvision transform to each sample on its own (its own draws). torchvision draws from the global
+    CPU generator: seed it from `g` inside fork_rng, so the result repeats with `g` and the global stream is kept."""
+    seed = int(torch.randint(0, 2**62, (1,), generator=g))
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        return torch.stack([transform(img) for img in out])
 
 
 def _gaussian_blur(y: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

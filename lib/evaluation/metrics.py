@@ -176,6 +176,17 @@ def best_threshold(y_true: Any, y_prob: Any, metric: str = "accuracy") -> float:
     return float(candidates[best[np.argmin(np.abs(candidates[best] - 0.5))]])
 
 
+def threshold_sweep_with_choice(val_true: Any, val_prob: Any, y_true: Any, y_prob: Any, metric: str = "accuracy",
+                                thresholds: Any = None) -> pd.DataFrame:
+    """`threshold_sweep` of (y_true, y_prob) with the threshold `best_threshold` picks on VALIDATION added and marked
+    True in column `chosen`: what the honest choice gives, next to what a threshold chosen afterwards could give."""
+    chosen = best_threshold(val_true, val_prob, metric)
+    grid = np.linspace(0.0, 1.0, 101) if thresholds is None else np.array(thresholds, dtype=float).ravel()
+    sweep = threshold_sweep(y_true, y_prob, np.union1d(grid, [chosen]))
+    sweep["chosen"] = sweep["threshold"] == chosen
+    return sweep
+
+
 def roc_points(y_true: Any, y_prob: Any) -> pd.DataFrame:
     y, p = _check(y_true, y_prob)
     if not _both_classes(y):

@@ -1,4 +1,12 @@
-"""torchvision architectures with a one-logit head; ImageNet weights from local files only."""
+"""torchvision architectures with a one-logit head; ImageNet weights from local files only.
+
+Each built model has `head_name`, the qualified name of the fresh Linear head (a tuple with the attention block when
+there is one), so fit's backbone_lr_scale can train the pretrained backbone slower than the fresh modules. `head_attention="se"|"cbam"` (default "none": the model exactly as
+torchvision builds it) puts an attention block on the last feature map, right before global pooling (`avgpool`
+becomes Sequential(block, pool), so every pretrained key stays as it is); supported by the resnet family
+(resnet18/34/50), efficientnet_b0 and convnext_tiny, whose pooled width is the head's input width. Other backbones
+(mobilenet_v2 pools inside forward, mobilenet_v3_small and swin_t) raise.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +19,7 @@ import torch
 import torchvision.models as tvm
 from torch import nn
 
+from lib.models.attention import ATTENTIONS, make_attention
 from lib.models.registry import Builder, register_model
 
 # ----------------------------------------------------------------------------------------------- torchvision models
@@ -25,8 +34,24 @@ def _replace_last_linear(container: nn.Module, attr: str | int, num_classes: int
         setattr(container, attr, new)
 
 
-def _torchvision_builder(arch: str, head: Callable[[nn.Module], tuple[nn.Module, str | int]]) -> Builder:
-    def build(num_classes: int = 1, state_dict: dict[str, torch.Tensor] | None = None, **kw: Any) -> nn.Module:
+# families whose `avgpool` sees (N, C, H, W) features with C = the head's input width
+_HEAD_ATTENTION_FAMILIES = ("resnet", "efficientnet", "convnext")
+
+
+def _add_head_attention(model: nn.Module, arch: str, family: str, kind: str, channels: int) -> None:
+    if kind not in ATTENTIONS:
+        raise ValueError(f"unknown head_attention {kind!r}; valid: {', '.join(ATTENTIONS)}")
+    if kind == "none":
+        return
+    if family not in _HEAD_ATTENTION_FAMILIES:
+        raise ValueError(f"head_attention is not supported for {arch}; it works for the "
+                         f"{', '.join(_HEAD_ATTENTION_FAMILIES)} families (attention before the global pooling)")
+    model.avgpool = nn.Sequential(make_attention(kind, channels), model.avgpool)
+
+
+def _torchvision_builder(arch: str, family: str, head: Callable[[nn.Module], tuple[nn.Module, str | int]]) -> Builder:
+    def build(num_classes: int = 1, state_dict: dict[str, torch.Tensor] | None = None, head_attention: str = "none",
+              **kw: Any) -> nn.Module:
         model = getattr(tvm, arch)(weights=None, **kw)
         if state_dict is not None:
             try:
@@ -35,6 +60,12 @@ def _torchvision_builder(arch: str, head: Callable[[nn.Module], tuple[nn.Module,
                 raise ValueError(f"weights file does not fit torchvision {arch}: {err}") from err
         container, attr = head(model)
         _replace_last_linear(container, attr, num_classes)
+        new_head = container[attr] if isinstance(attr, int) else getattr(container, attr)
+        _add_head_attention(model, arch, family, head_attention, new_head.in_features)
+        # plain names (a bound method would not survive pickling): fit's backbone_lr_scale finds the fresh modules by
+        # them, so a head attention block trains at the head's lr too
+        head_name = next(name for name, module in model.named_modules() if module is new_head)
+        model.head_name = (head_name, "avgpool.0") if head_attention != "none" else head_name
         return model
 
     return build
@@ -74,5 +105,5 @@ for _name, _weights, _head, _layers, _family, _notes in _TORCHVISION:
         notes=f"torchvision {_name}, ImageNet head replaced by Linear(features, num_classes). {_notes}".strip(),
         gradcam_layers=_layers, channels_last_features=_name == "swin_t", imagenet_weights=_weights,
         extra_weight_files=(_FDET_FILE,) if _name == "mobilenet_v2" and _FDET_FILE is not None else (),
-    )(_torchvision_builder(_name, _head))
+    )(_torchvision_builder(_name, _family, _head))
 

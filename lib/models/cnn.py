@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lib.models.attention import make_attention
 from lib.models.registry import register_model
 
 # ----------------------------------------------------------------------------------------------- small CNNs
@@ -15,17 +16,22 @@ class SimpleCNN(nn.Module):
     """Four conv(3x3)-BN-ReLU-maxpool blocks (32-64-128-256 ch), global average pooling, dropout, linear: ~390k params.
 
     Global pooling makes it accept any input of at least 16 px (four 2x poolings).
+    attention: "se" or "cbam" appends that block (lib.models.attention) to every conv block, after its pooling
+    (a quarter of the pixels, and the block indices Grad-CAM uses stay where they are); "none" adds no module, so
+    the parameters and state dict are those of the plain network.
     """
 
     min_size = 16
 
-    def __init__(self, num_classes: int = 1, widths: tuple[int, ...] = (32, 64, 128, 256), dropout: float = 0.2):
+    def __init__(self, num_classes: int = 1, widths: tuple[int, ...] = (32, 64, 128, 256), dropout: float = 0.2,
+                 attention: str = "none"):
         super().__init__()
         blocks, in_ch = [], 3
         for out_ch in widths:
-            blocks.append(nn.Sequential(
-                nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False), nn.BatchNorm2d(out_ch), nn.ReLU(),
-                nn.MaxPool2d(2)))
+            layers = [nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False), nn.BatchNorm2d(out_ch), nn.ReLU(),
+                      nn.MaxPool2d(2)]
+            block = make_attention(attention, out_ch)
+            blocks.append(nn.Sequential(*layers, *([block] if block is not None else [])))
             in_ch = out_ch
         self.features = nn.Sequential(*blocks)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -35,6 +41,10 @@ class SimpleCNN(nn.Module):
         if min(x.shape[-2:]) < self.min_size:
             raise ValueError(f"simple_cnn needs inputs of at least {self.min_size} px, got {tuple(x.shape[-2:])}")
         return self.head(self.pool(self.features(x)))
+
+    def head_parameters(self):
+        """The classifier's parameters (fit's backbone_lr_scale gives the rest a smaller learning rate)."""
+        return self.head.parameters()
 
 
 class CifakeCNN(nn.Module):

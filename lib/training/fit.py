@@ -1,8 +1,10 @@
 """Model-agnostic training loop for one-logit binary detectors on the tensor cache.
 
-``fit`` trains with BCEWithLogitsLoss, validates each epoch (loss, AUC, accuracy), early-stops on
-validation AUC and restores the best epoch. It knows nothing about specific models: a model may
-expose ``regularization_loss()`` (e.g. an attention-entropy term), which is added to the loss.
+``fit`` trains with the loss of ``make_loss(config)`` (BCE or focal, optional label smoothing), optionally on
+Mixup/CutMix batches, validates each epoch (loss, AUC, accuracy), early-stops on validation AUC and restores the best
+epoch. It knows nothing about specific models: a model may expose ``regularization_loss()`` (e.g. an
+attention-entropy term), which is added to the loss, and ``head_parameters()`` or ``head_name`` (the qualified
+name(s) of its freshly initialised head modules) for ``backbone_lr_scale``.
 """
 
 from __future__ import annotations
@@ -22,12 +24,16 @@ from torch import nn
 from lib.progress import tqdm
 
 from lib.data.augment import AugmentPolicy
+from lib.data.batch_mixing import BatchMixer
 from lib.data.cache import IMAGENET_MEAN, IMAGENET_STD, BatchLoader, channel_stats
+from lib.training.losses import LOSSES, make_loss
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULERS = ("cosine", "plateau", "onecycle", "none")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
-NORMALIZATIONS = ("imagenet", "train", "train_real")
+NORMALIZATIONS = ("imagenet", "train", "train_real", "cifake")
+CIFAKE_MEAN: tuple[float, float, float] = (0.5, 0.5, 0.5)  # the CIFAKE paper's scaling: pixels to [-1, 1]
+CIFAKE_STD: tuple[float, float, float] = (0.5, 0.5, 0.5)
 
 
 @dataclass(frozen=True)
@@ -39,8 +45,19 @@ class TrainConfig:
     grad_clip: max gradient norm (0 = off). amp: mixed precision on CUDA; a no-op on CPU.
     threads: CPU threads of torch during the run. Float reductions depend on how work is split between threads, so
     the thread count is part of the run: with it fixed, a run gives the same numbers on every executor and machine.
-    normalization: "imagenet" statistics, "train" (statistics of the training images) or "train_real"
-    (statistics of the REAL training images only, so the fakes cannot shift the input scaling).
+    normalization: "imagenet" statistics, "train" (statistics of the training images), "train_real"
+    (statistics of the REAL training images only, so the fakes cannot shift the input scaling) or "cifake"
+    (mean = std = 0.5, the CIFAKE paper's: pixels to [-1, 1]).
+    loss: "bce" or "focal" (torchvision's sigmoid_focal_loss with focal_gamma, and focal_alpha the weight of the
+    fake class, < 0 = no weighting); label_smoothing eps moves targets to y * (1 - eps) + eps / 2 (lib.training.losses).
+    mixup_alpha / cutmix_alpha: Beta parameter of Mixup / CutMix of training batches (0 = off); mix_prob: the chance a
+    batch is mixed (one of the two at 0.5 each when both are on; lib.data.batch_mixing). Validation never mixes or
+    smooths: val_loss is plain BCE on the hard labels, comparable across losses.
+    backbone_lr_scale: the model's non-head parameters train at lr * scale, its head at lr (for a pretrained
+    backbone under a fresh head); != 1 needs a model with ``head_parameters()`` or ``head_name``.
+
+    Run keys: fields added after runs were stored (`_LATER_FIELDS`) are left out of ``fields()`` of an instance, hence
+    of asdict and of run keys, while at their default (as AugmentPolicy does), so older configs keep their keys.
     """
 
     epochs: int = 5
@@ -62,6 +79,14 @@ class TrainConfig:
     device: str = "auto"
     eval_batch_size: int = 256
     threads: int = 1
+    loss: str = "bce"
+    focal_gamma: float = 2.0
+    focal_alpha: float = -1.0
+    label_smoothing: float = 0.0
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    mix_prob: float = 1.0
+    backbone_lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if isinstance(self.augment, dict):  # from JSON/YAML
@@ -71,6 +96,7 @@ class TrainConfig:
             "scheduler": (self.scheduler, SCHEDULERS),
             "amp": (self.amp, AMP_MODES),
             "normalization": (self.normalization, NORMALIZATIONS),
+            "loss": (self.loss, LOSSES),
         }
         for name, (value, valid) in checks.items():
             if value not in valid:
@@ -82,6 +108,29 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
         if self.warmup_epochs >= self.epochs and self.warmup_epochs > 0:
             raise ValueError(f"TrainConfig.warmup_epochs ({self.warmup_epochs}) must be < epochs ({self.epochs})")
+        if self.focal_gamma < 0:
+            raise ValueError(f"TrainConfig.focal_gamma must be >= 0, got {self.focal_gamma}")
+        if self.focal_alpha > 1:
+            raise ValueError(f"TrainConfig.focal_alpha must be <= 1 (< 0 = off), got {self.focal_alpha}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"TrainConfig.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.mixup_alpha < 0 or self.cutmix_alpha < 0:
+            raise ValueError(f"TrainConfig.mixup_alpha/cutmix_alpha must be >= 0 (0 = off), got "
+                             f"{self.mixup_alpha}, {self.cutmix_alpha}")
+        if not 0.0 <= self.mix_prob <= 1.0:
+            raise ValueError(f"TrainConfig.mix_prob must be a probability in [0, 1], got {self.mix_prob}")
+        if self.backbone_lr_scale <= 0:
+            raise ValueError(f"TrainConfig.backbone_lr_scale must be > 0, got {self.backbone_lr_scale}")
+        # Fields added after runs were stored are hidden from `fields(self)` (hence from asdict and run keys) while
+        # at their default; the generated __eq__/__hash__/__repr__ still compare and show them.
+        hidden = {name for name, default in _LATER_FIELDS.items() if getattr(self, name) == default}
+        if hidden:
+            object.__setattr__(self, "__dataclass_fields__",
+                               {k: f for k, f in type(self).__dataclass_fields__.items() if k not in hidden})
+
+    def __reduce__(self):
+        # the instance-level field table is not picklable (mappingproxy metadata); rebuild from the fields instead
+        return _config_from_dict, (type(self), self.to_dict())
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -89,6 +138,15 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         return cls(**d)
+
+
+# fields added after runs were stored, with the default that leaves them out of keys
+_LATER_FIELDS = {"loss": "bce", "focal_gamma": 2.0, "focal_alpha": -1.0, "label_smoothing": 0.0, "mixup_alpha": 0.0,
+                 "cutmix_alpha": 0.0, "mix_prob": 1.0, "backbone_lr_scale": 1.0}
+
+
+def _config_from_dict(cls: type, d: dict[str, Any]) -> TrainConfig:
+    return cls(**d)
 
 
 def seed_everything(seed: int) -> None:
@@ -128,6 +186,8 @@ def normalization_stats(config: TrainConfig, images: np.ndarray, train_idx: np.n
     """
     if config.normalization == "train":
         return channel_stats(images, train_idx)
+    if config.normalization == "cifake":
+        return CIFAKE_MEAN, CIFAKE_STD
     if config.normalization == "train_real":
         if labels is None:
             raise ValueError('normalization="train_real" needs the labels to find the real training images')
@@ -139,10 +199,37 @@ def normalization_stats(config: TrainConfig, images: np.ndarray, train_idx: np.n
     return IMAGENET_MEAN, IMAGENET_STD
 
 
-def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def _head_parameter_ids(model: nn.Module) -> set[int]:
+    """ids of the head's parameters: from ``head_parameters()``, else the module(s) named by ``head_name`` (a name or
+    a tuple of names)."""
+    if callable(getattr(model, "head_parameters", None)):
+        return {id(p) for p in model.head_parameters()}
+    names = getattr(model, "head_name", None)
+    names = (names,) if isinstance(names, str) else names
+    if isinstance(names, (tuple, list)) and names:
+        return {id(p) for name in names for p in model.get_submodule(name).parameters()}
+    raise ValueError(f"backbone_lr_scale != 1 needs to know the model's head, but {type(model).__name__} has neither "
+                     "head_parameters() nor head_name; leave backbone_lr_scale at 1 for it")
+
+
+def _param_groups(model: nn.Module, cfg: TrainConfig) -> list[torch.nn.Parameter] | list[dict[str, Any]]:
+    """The trainable parameters; with backbone_lr_scale != 1, two groups: the head at lr first (the history's lr
+    column follows it), then the rest at lr * scale."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
+    if cfg.backbone_lr_scale == 1.0:
+        return params
+    head_ids = _head_parameter_ids(model)
+    head = [p for p in params if id(p) in head_ids]
+    body = [p for p in params if id(p) not in head_ids]
+    if not head:
+        raise ValueError(f"backbone_lr_scale: the head of {type(model).__name__} has no trainable parameter")
+    return [{"params": head, "lr": cfg.lr}] + ([{"params": body, "lr": cfg.lr * cfg.backbone_lr_scale}] if body else [])
+
+
+def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = _param_groups(model, cfg)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adam":
@@ -160,7 +247,8 @@ def _make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoc
     total = cfg.epochs * steps_per_epoch
     if cfg.scheduler == "onecycle":
         pct = cfg.warmup_epochs / cfg.epochs if cfg.warmup_epochs else 0.3
-        return sched.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=pct), "step"
+        max_lr = [group["lr"] for group in opt.param_groups]  # per group: keeps backbone_lr_scale
+        return sched.OneCycleLR(opt, max_lr=max_lr, total_steps=total, pct_start=pct), "step"
     warm = cfg.warmup_epochs * steps_per_epoch
     period = (cfg.t_max or cfg.epochs) * steps_per_epoch - warm
     cosine = sched.CosineAnnealingLR(opt, T_max=max(1, period))
@@ -224,15 +312,18 @@ def _check_parts(labels: np.ndarray, train_idx: np.ndarray) -> None:
 
 
 def _train_epoch(model: nn.Module, loader: BatchLoader, opt: torch.optim.Optimizer, scheduler: Any, sched_unit: str,
-                 scaler: torch.amp.GradScaler, loss_fn: nn.Module, cfg: TrainConfig, device: torch.device,
-                 amp_dtype: torch.dtype | None, epoch: int, progress: bool) -> float:
-    """One pass over the training batches (gradient accumulation, clipping, per-step schedules); the mean loss."""
+                 scaler: torch.amp.GradScaler, loss_fn: Any, cfg: TrainConfig, device: torch.device,
+                 amp_dtype: torch.dtype | None, epoch: int, progress: bool, mixer: BatchMixer | None = None) -> float:
+    """One pass over the training batches (Mixup/CutMix, gradient accumulation, clipping, per-step schedules); the
+    mean loss."""
     model.train()
     has_reg = callable(getattr(model, "regularization_loss", None))
     total, count = 0.0, 0
     opt.zero_grad(set_to_none=True)
     batches = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not progress)
     for i, (x, y) in enumerate(batches, start=1):
+        if mixer is not None:
+            x, y = mixer(x, y)  # soft labels from here on
         with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
             loss = loss_fn(_forward_logits(model, x).float(), y)
             if has_reg:
@@ -321,7 +412,10 @@ def fit(
     )
     opt = _make_optimizer(model, cfg)
     scheduler, sched_unit = _make_scheduler(opt, cfg, max(1, math.ceil(len(train_loader) / cfg.accum_steps)))
-    loss_fn = nn.BCEWithLogitsLoss()
+    loss_fn = make_loss(cfg)
+    val_loss_fn = nn.BCEWithLogitsLoss()  # plain BCE on hard labels: comparable across losses and smoothing
+    mixer = BatchMixer(cfg.mixup_alpha, cfg.cutmix_alpha, cfg.mix_prob, seed=cfg.seed)
+    mixer = mixer if mixer.active else None
 
     rows: list[dict[str, Any]] = []
     best = _BestEpoch()
@@ -331,10 +425,10 @@ def fit(
         row: dict[str, Any] = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], "val_loss": math.nan,
                                "val_auc": math.nan, "val_accuracy": math.nan}
         row["train_loss"] = _train_epoch(model, train_loader, opt, scheduler, sched_unit, scaler, loss_fn, cfg, device,
-                                         amp_dtype, epoch, progress)
+                                         amp_dtype, epoch, progress, mixer)
         score = float(epoch)  # no validation: the last epoch is the best we know
         if val_idx is not None:
-            row |= _validate(model, images, labels, val_idx, cfg, mean, std, device, loss_fn)
+            row |= _validate(model, images, labels, val_idx, cfg, mean, std, device, val_loss_fn)
             score = row["val_auc"] if not math.isnan(row["val_auc"]) else -row["val_loss"]
             if sched_unit == "epoch":
                 scheduler.step(score)
