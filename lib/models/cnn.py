@@ -21,12 +21,11 @@ class SimpleCNN(nn.Module):
     the parameters and state dict are those of the plain network.
     """
 
-    min_size = 16
-
     def __init__(self, num_classes: int = 1, widths: tuple[int, ...] = (32, 64, 128, 256), dropout: float = 0.2,
-                 attention: str = "none"):
+                 attention: str = "none", in_channels: int = 3):
         super().__init__()
-        blocks, in_ch = [], 3
+        self.min_size = 2 ** len(widths)  # one 2x pooling per block
+        blocks, in_ch = [], in_channels
         for out_ch in widths:
             layers = [nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False), nn.BatchNorm2d(out_ch), nn.ReLU(),
                       nn.MaxPool2d(2)]

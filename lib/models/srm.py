@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import SqueezeExcitation
 
+from lib.models.cnn import SimpleCNN
 from lib.models.registry import register_model
 
 
@@ -60,32 +61,23 @@ class SRMNet(nn.Module):
     Three 2x poolings: any input of at least 8 px runs (32x32 CIFAKE images give a 4x4 final map).
     """
 
-    min_size = 8
-
     def __init__(self, num_classes: int = 1, widths: tuple[int, ...] = (32, 64, 128), dropout: float = 0.2):
         super().__init__()
         self.srm = SRMConv()
         self.attention = SqueezeExcitation(9, 4)
-        blocks, in_ch = [], 9
-        for out_ch in widths:
-            blocks.append(nn.Sequential(nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False), nn.BatchNorm2d(out_ch),
-                                        nn.ReLU(), nn.MaxPool2d(2)))
-            in_ch = out_ch
-        self.features = nn.Sequential(*blocks)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(in_ch, num_classes))
+        self.trunk = SimpleCNN(num_classes, widths, dropout, in_channels=9)  # the small CNN on the 9 residual maps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if min(x.shape[-2:]) < self.min_size:
-            raise ValueError(f"srm_cnn needs inputs of at least {self.min_size} px, got {tuple(x.shape[-2:])}")
-        return self.head(self.pool(self.features(self.attention(self.srm(x)))))
+        if min(x.shape[-2:]) < self.trunk.min_size:
+            raise ValueError(f"srm_cnn needs inputs of at least {self.trunk.min_size} px, got {tuple(x.shape[-2:])}")
+        return self.trunk(self.attention(self.srm(x)))
 
     def head_parameters(self):
-        return self.head.parameters()
+        return self.trunk.head_parameters()
 
 
 @register_model("srm_cnn", family="srm", input_size=64, min_input_size=8,
                 notes="fixed SRM high-pass bank (3 kernels x 3 colours) + SE + 3 conv blocks + global pooling",
-                gradcam_layers=lambda m: [m.features[-1][2]])
+                gradcam_layers=lambda m: [m.trunk.features[-1][2]])
 def _srm_cnn(num_classes: int = 1, **kw: Any) -> nn.Module:
     return SRMNet(num_classes=num_classes, **kw)
