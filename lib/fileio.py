@@ -131,3 +131,26 @@ def read_stamped_table(path: str | Path, stamp: dict[str, str]) -> pd.DataFrame:
     sidecar = _stamp_path(path)
     _check_stamp(path, read_json(sidecar) if sidecar.exists() else None, dict(stamp))
     return read_table(path)
+
+
+# ----------------------------------------------------------------------------- run keys of growing dataclasses
+def hide_later_defaults(obj: Any, later_fields: dict[str, Any]) -> None:
+    """Call at the end of a frozen dataclass's __post_init__. A field added after runs were stored (a key of
+    `later_fields`, mapped to its default) is hidden from `fields(obj)`, hence from `asdict` and run keys, while it
+    has its default: older configurations keep their keys, one that uses the field lists it. The generated
+    __eq__/__hash__/__repr__ still compare and show every field. Pair it with `__reduce__ = reduce_by_fields`."""
+    hidden = {name for name, default in later_fields.items() if getattr(obj, name) == default}
+    if hidden:
+        object.__setattr__(obj, "__dataclass_fields__",
+                           {k: f for k, f in type(obj).__dataclass_fields__.items() if k not in hidden})
+
+
+def reduce_by_fields(obj: Any) -> tuple:
+    """__reduce__ of a dataclass using `hide_later_defaults`: its instance-level field table is not picklable, so a
+    pickle rebuilds the instance from its (visible) fields."""
+    return _rebuild, (type(obj), dataclasses.asdict(obj))
+
+
+def _rebuild(cls: type, fields: dict[str, Any]) -> Any:
+    return cls(**fields)
+

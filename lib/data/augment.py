@@ -33,6 +33,8 @@ from PIL import Image
 from torchvision.transforms import v2
 from torchvision.transforms.functional import InterpolationMode, rgb_to_grayscale, rotate
 
+from lib.fileio import hide_later_defaults, reduce_by_fields
+
 
 @dataclass(frozen=True)
 class AugmentPolicy:
@@ -119,16 +121,9 @@ class AugmentPolicy:
         if self.crop and self.crop_scale != (1.0, 1.0):
             raise ValueError("AugmentPolicy.crop (a window of native pixels) replaces the resized crop: leave "
                              f"crop_scale at (1, 1), got {self.crop_scale}")
-        # Fields added after runs were stored are hidden from `fields(self)` (hence from asdict and run keys) while
-        # at their default; the generated __eq__/__hash__/__repr__ still compare and show them.
-        hidden = {name for name, default in _LATER_FIELDS.items() if getattr(self, name) == default}
-        if hidden:
-            object.__setattr__(self, "__dataclass_fields__",
-                               {k: f for k, f in type(self).__dataclass_fields__.items() if k not in hidden})
+        hide_later_defaults(self, _LATER_FIELDS)  # fields added later stay out of older run keys
 
-    def __reduce__(self):
-        # the instance-level field table is not picklable (mappingproxy metadata); rebuild from the fields instead
-        return _from_dict, (type(self), self.to_dict())
+    __reduce__ = reduce_by_fields
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -269,9 +264,6 @@ def safe_policy(crop: int, mask_patch: int = 16, mask_p: float = 0.5) -> Augment
     return AugmentPolicy(crop=crop, hflip_p=0.5, rotation=180.0, brightness=0.5, contrast=0.5, saturation=0.5,
                          mask_p=mask_p, mask_ratio=(0.0, 0.75), mask_patch=mask_patch)
 
-
-def _from_dict(cls: type, d: dict[str, Any]) -> AugmentPolicy:
-    return cls(**d)
 
 
 def _per_sample_seeded(transform: Any, out: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:

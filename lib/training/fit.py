@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+from lib.fileio import hide_later_defaults, reduce_by_fields
 from lib.progress import tqdm
 
 from lib.data.augment import AugmentPolicy
@@ -121,16 +122,9 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.mix_prob must be a probability in [0, 1], got {self.mix_prob}")
         if self.backbone_lr_scale <= 0:
             raise ValueError(f"TrainConfig.backbone_lr_scale must be > 0, got {self.backbone_lr_scale}")
-        # Fields added after runs were stored are hidden from `fields(self)` (hence from asdict and run keys) while
-        # at their default; the generated __eq__/__hash__/__repr__ still compare and show them.
-        hidden = {name for name, default in _LATER_FIELDS.items() if getattr(self, name) == default}
-        if hidden:
-            object.__setattr__(self, "__dataclass_fields__",
-                               {k: f for k, f in type(self).__dataclass_fields__.items() if k not in hidden})
+        hide_later_defaults(self, _LATER_FIELDS)  # fields added later stay out of older run keys
 
-    def __reduce__(self):
-        # the instance-level field table is not picklable (mappingproxy metadata); rebuild from the fields instead
-        return _config_from_dict, (type(self), self.to_dict())
+    __reduce__ = reduce_by_fields
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -144,9 +138,6 @@ class TrainConfig:
 _LATER_FIELDS = {"loss": "bce", "focal_gamma": 2.0, "focal_alpha": -1.0, "label_smoothing": 0.0, "mixup_alpha": 0.0,
                  "cutmix_alpha": 0.0, "mix_prob": 1.0, "backbone_lr_scale": 1.0}
 
-
-def _config_from_dict(cls: type, d: dict[str, Any]) -> TrainConfig:
-    return cls(**d)
 
 
 def seed_everything(seed: int) -> None:
