@@ -12,6 +12,7 @@ metrics) are identical, as they must be.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import tempfile
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lib.config import resolve_parameters
+from lib.config import declared_parameters, resolve_parameters
 from lib.executors import EXECUTORS, LocalExecutor, ProcessExecutor, RayExecutor
 from lib.paths import NOTEBOOKS_DIR
 from lib.studies.common import baseline_recipe, open_study, train_config
@@ -29,7 +30,9 @@ from lib.training.runstore import CVJob, run_cv_many
 
 def phase1_grid(profile: str) -> tuple:
     """(study, jobs) of notebook 03 under `profile`."""
-    p = resolve_parameters(NOTEBOOKS_DIR / "03_phase1_baselines.ipynb", profile)
+    notebook = NOTEBOOKS_DIR / "03_phase1_baselines.ipynb"
+    defaults = {k: ast.literal_eval(v["default"]) for k, v in declared_parameters(notebook).items()}
+    p = {**defaults, **resolve_parameters(notebook, profile)}  # what papermill would inject over the notebook's own
     study = open_study(p["data_root"], p["layout"], p["embedded_preset"], p["seed"], p["n_folds"], p["test_ratio"],
                        p["val_ratio"], group_regex=p["group_regex"])
     config = train_config(p["epochs"], p["batch_size"], p["optimizer"], p["lr"], p["weight_decay"], p["scheduler"],

@@ -116,7 +116,7 @@ class RayExecutor:
             address = self.address or os.environ.get("RAY_ADDRESS") or None
             local = {} if address else {"num_cpus": self.workers}
             # no dashboard, no worker logs forwarded into notebooks: reports stay free of Ray's console output
-            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
                      **local)
         return ray
 
