@@ -6,11 +6,15 @@ import hashlib
 import struct
 import zlib
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
+
+from lib.fileio import sha256_file
 
 
 def noise_pixels(key: str, size: tuple[int, int] = (16, 16), channels: int = 3) -> np.ndarray:
@@ -152,8 +156,6 @@ def embedded_tree(tmp_path: Path) -> Path:
     """A folder in the embedded dataset's format: images + metadata.csv + card.json."""
     import json
 
-    import pandas as pd
-
     root = tmp_path / "embedded_tiny"
     rows = []
     for photo in ("astronaut", "chelsea", "coffee", "rocket"):
@@ -180,3 +182,25 @@ def smoke_reports():
     out = report_dir("smoke")
     assert code == 0, f"smoke run failed; see {out}/run_log.json"
     return out
+
+
+# ----------------------------------------------------------------------------- the run store's tiny study
+@pytest.fixture
+def study(tmp_path):
+    """20 PNGs (fakes brighter), a hand-made split table: 2 folds, 4 test rows, 2 holdout rows."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(20):
+        label = i % 2
+        img = (rng.integers(0, 150, (16, 20, 3)) + 100 * label).clip(0, 255).astype(np.uint8)
+        path = tmp_path / "img" / f"{i:02d}.png"
+        path.parent.mkdir(exist_ok=True)
+        Image.fromarray(img).save(path)
+        rows.append({"path": path.as_posix(), "label": label, "source": "gen" if label else "real",
+                     "group": f"g{i // 2}", "sha256": sha256_file(path)})
+    manifest = pd.DataFrame(rows)
+    split = ["trainval"] * 14 + ["test"] * 4 + ["holdout"] * 2
+    fold = [(i // 2) % 2 for i in range(14)] + [-1] * 6
+    splits = pd.DataFrame({"sha256": manifest["sha256"], "split": split, "fold": fold})
+    dataset = SimpleNamespace(name="tiny", manifest=manifest, fingerprint="fp-tiny")
+    return SimpleNamespace(dataset=dataset, splits=splits, runs=tmp_path / "runs", cache=tmp_path / "cache")
