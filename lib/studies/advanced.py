@@ -321,7 +321,7 @@ def gains_figure(family: pd.DataFrame, path: str | Path | None = None):
         ax.legend(title="view", fontsize=8)
     ax.axhline(0, color="grey", lw=0.8, ls="--")
     ax.set_ylabel("AUC - baseline's")
-    ax.set_title("each technique against the baseline (Holm-stepped 95 % intervals over groups)")
+    ax.set_title("each technique against the baseline (Holm-stepped intervals over groups)")
     ax.tick_params(axis="x", labelrotation=30)
     fig.tight_layout()
     return save(fig, path)
