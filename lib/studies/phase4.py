@@ -13,6 +13,7 @@ the one comparison rule (`compare_family`).
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -76,7 +77,7 @@ def scaling_splits(manifest: pd.DataFrame, fractions: Sequence[float],
     """One split table per training-data fraction (`make_splits(subsample=f)`; whole groups, stratified by the label
     mix of the groups), and, for fractions that cannot be split (e.g. too few real photographs left for every fold to
     hold both classes), the reason. `split_kw`: n_folds, test_ratio, val_ratio, seed, holdout_sources, cache_dir."""
-    from lib.data.splits import SplitError, make_splits
+    from lib.data.splits import SplitError, SplitWarning, make_splits
 
     fractions = [float(f) for f in fractions]
     if not fractions or any(not 0 < f <= 1 for f in fractions):
@@ -86,9 +87,17 @@ def scaling_splits(manifest: pd.DataFrame, fractions: Sequence[float],
     splits, infeasible = {}, {}
     for f in sorted(fractions):
         try:
-            splits[f] = make_splits(manifest, subsample=f, **split_kw)
+            with warnings.catch_warnings(record=True) as caught:  # said as a sentence, not as a raw warning
+                warnings.simplefilter("always", SplitWarning)
+                splits[f] = make_splits(manifest, subsample=f, **split_kw)
         except SplitError as err:
             infeasible[f] = str(err)
+            continue
+        for w in caught:
+            if issubclass(w.category, SplitWarning):
+                print(f"training fraction {f:g}: {w.message}")
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if not splits:
         raise ValueError(f"no fraction of {fractions} can be split: {infeasible}")
     return splits, infeasible

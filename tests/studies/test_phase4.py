@@ -280,3 +280,22 @@ def test_final_conclusions_follow_the_numbers():
     no_refs = phase4.final_conclusions(intervals, summary, family.iloc[:0], folds.iloc[:0], pd.DataFrame(), "",
                                        per_source, hard.iloc[:0], _selection("new"), n_hard=8)
     assert not any(" - ref " in line for line in no_refs) and "0 false positives and 0 false" in no_refs[-1]
+
+
+def test_a_thin_fraction_is_said_as_a_sentence_not_a_raw_warning(monkeypatch, capsys):
+    import warnings
+
+    import lib.data.splits as splits_module
+    from lib.data.splits import SplitWarning
+
+    def thin_split(manifest, subsample=1.0, **kw):
+        warnings.warn("fold 2 validation (1 real, 10 fake)", SplitWarning)
+        return pd.DataFrame({"split": ["trainval"]})
+
+    monkeypatch.setattr(splits_module, "make_splits", thin_split)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning left raw fails the test
+        splits, infeasible = phase4.scaling_splits(pd.DataFrame({"label": [0, 1]}), [0.35, 1.0])
+    assert sorted(splits) == [0.35, 1.0] and infeasible == {}
+    out = capsys.readouterr().out
+    assert "training fraction 0.35: fold 2 validation (1 real, 10 fake)" in out
