@@ -90,6 +90,14 @@ def run_arms(study: Any, recipe: Any, arms: Sequence[dict[str, Any]], folds: Seq
 
 
 # ----------------------------------------------------------------------------- inference techniques
+def check_inference(names: Sequence[str]) -> list[str]:
+    """The inference techniques asked for, checked against INFERENCE (a typo raises instead of silently skipping)."""
+    unknown = sorted(set(names) - set(INFERENCE))
+    if unknown:
+        raise ValueError(f"unknown inference technique(s) {unknown}; choose among {list(INFERENCE)}")
+    return list(dict.fromkeys(names))
+
+
 def rescored(cv: pd.DataFrame, images: np.ndarray, crop: int = 0, mc_passes: int = 0, seed: int = 0,
              runs_dir: str | Path = RUNS_DIR) -> pd.DataFrame:
     """The baseline runs re-scored: TTA (identity + horizontal flip, and the 5 native crops when `crop`) and, with
@@ -97,9 +105,14 @@ def rescored(cv: pd.DataFrame, images: np.ndarray, crop: int = 0, mc_passes: int
     from lib.training.inference import rescore_run
     from lib.training.runstore import load_run
 
+    from lib.training.inference import dropout_modules
+
     frames = []
     for _, row in cv[cv["condition"] == BASELINE].iterrows():
         run = load_run(Path(runs_dir) / row["run_key"])
+        if mc_passes and not dropout_modules(run.get_model()):
+            print(f"MC dropout skipped: {run.spec.model} has no dropout layer")
+            mc_passes = 0
         frames.append(rescore_run(run, images, crop=crop or None, mc_passes=mc_passes, seed=seed)
                       .assign(model=run.spec.model, run_key=row["run_key"], condition=BASELINE))
     return pd.concat(frames, ignore_index=True)
@@ -121,6 +134,9 @@ def ensemble_conditions(predictions: pd.DataFrame, members: Sequence[str]) -> tu
     frames, weights = [], []
     for fold, part in predictions[predictions["condition"].isin(members)].groupby("fold"):
         val_matrix, val_labels = prediction_matrix(part, "val", by="condition")
+        if len(np.unique(val_labels)) < 2:  # weights and thresholds need both classes
+            print(f"fold {fold}: no ensemble (its validation part has one class only)")
+            continue
         w = fit_ensemble_weights(val_matrix[list(members)].to_numpy(), val_labels)
         weights.append({"fold": int(fold), **dict(zip(members, w))})
         thresholds = validation_thresholds(part, "condition")
@@ -133,6 +149,8 @@ def ensemble_conditions(predictions: pd.DataFrame, members: Sequence[str]) -> tu
             for name, prob in zip(ENSEMBLES, (soft_vote(matrix.to_numpy()), votes, soft_vote(matrix.to_numpy(), w))):
                 frames.append(meta.reset_index().assign(condition=name, probability=prob, model=name,
                                                          run_key=f"{name}/fold{fold}"))
+    if not frames:
+        raise ValueError("no fold has both classes in its validation part: no ensemble can be fitted")
     return pd.concat(frames, ignore_index=True), pd.DataFrame(weights)
 
 
@@ -151,9 +169,14 @@ def temperature_scaled(predictions: pd.DataFrame) -> pd.DataFrame:
     frames = []
     for key, run in predictions[predictions["condition"] == BASELINE].groupby("run_key", sort=False):
         val = run[run["split"] == "val"]
+        if val["label"].nunique() < 2:
+            print(f"run {key}: no temperature (its validation part has one class only)")
+            continue
         t = fit_temperature(logits_from_probabilities(val["probability"].to_numpy()), val["label"].to_numpy())
         frames.append(run.assign(temperature=t, calibrated_probability=apply_temperature(
             logits_from_probabilities(run["probability"].to_numpy()), t)))
+    if not frames:
+        raise ValueError("no baseline run has both classes in its validation part: no temperature can be fitted")
     return pd.concat(frames, ignore_index=True)
 
 

@@ -126,3 +126,36 @@ def test_one_rule_per_view_and_metric_and_computed_conclusions():
     assert any(line.startswith("test: techniques whose AUC gain") and "focal" in line for line in lines)
     sources = adv.per_source(preds, ["gen_c"], n_boot=200)
     assert set(sources["source"]) == {"gen_a", "gen_c"} and sources.loc[sources["source"] == "gen_c", "unseen"].all()
+
+
+def test_bad_inputs_are_refused_or_skipped_and_said(capsys):
+    with pytest.raises(ValueError, match="unknown inference"):
+        adv.check_inference(["tta", "dropconnect"])
+    assert adv.check_inference(["tta", "tta", "ensembles"]) == ["tta", "ensembles"]
+    preds = predictions()
+    one_class = (preds["split"] == "val") & (preds["fold"] == 1)
+    preds = preds[~(one_class & (preds["label"] == 1))]  # fold 1 validates reals only
+    ensembles, weights = adv.ensemble_conditions(preds, ["baseline", "focal", "noise"])
+    assert list(weights["fold"]) == [0] and set(ensembles["fold"]) == {0}
+    scaled = adv.temperature_scaled(preds)
+    assert set(scaled["run_key"]) == {"baseline-0"}
+    out = capsys.readouterr().out
+    assert "fold 1: no ensemble" in out and "run baseline-1: no temperature" in out
+    with pytest.raises(ValueError, match="no fold has both classes"):
+        adv.ensemble_conditions(preds[preds["fold"] == 1], ["baseline", "focal"])
+
+
+def test_mc_dropout_is_skipped_and_said_for_a_model_without_dropout(study, capsys):
+    from lib.data.cache import build_cache
+    from lib.data.recipes import Recipe
+    from lib.executors import LocalExecutor
+    from lib.training.runstore import run_cv
+
+    recipe = Recipe(size=16)
+    cv = run_cv(study.dataset, study.splits, recipe, "cifake_cnn", CONFIG, folds=[0], runs_dir=study.runs,
+                progress=False, cache_dir=study.cache, executor=LocalExecutor()).assign(condition="baseline")
+    images = build_cache(study.dataset.manifest, recipe, cache_dir=study.cache, progress=False)
+    rescore = adv.rescored(cv, images, mc_passes=3, runs_dir=study.runs)
+    assert "mc_probability" not in rescore.columns and rescore["tta_probability"].notna().all()
+    assert "MC dropout skipped: cifake_cnn has no dropout layer" in capsys.readouterr().out
+    assert set(adv.inference_conditions(rescore)["condition"]) == {adv.TTA}
