@@ -13,6 +13,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import threading
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from typing import Any, Callable, Sequence
 
@@ -118,6 +119,11 @@ class RayExecutor:
             # no dashboard, no worker logs forwarded into notebooks: reports stay free of Ray's console output
             ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
                      **local)
+            if threading.current_thread() is threading.main_thread():
+                # ray.init replaces this process's SIGTERM handler with one that prints a stack dump; a notebook
+                # kernel stopped by its client (papermill) would print it on the console. Ray's reaper still stops
+                # the local instance's processes.
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
         return ray
 
     def run(self, fn: Callable[[Any], Any], jobs: Sequence[Any], desc: str = "runs", progress: bool = True) -> list:
