@@ -314,12 +314,15 @@ def summary_wide(summary: pd.DataFrame, by: str = "model", digits: int = 3) -> p
         columns=list(dict.fromkeys(summary["metric"])), index=list(dict.fromkeys(summary[by])))
 
 
-def fold_ensemble(predictions: pd.DataFrame, by: str = "model", split: str = "test") -> pd.DataFrame:
-    """Mean probability over the fold models for each image of `split` (the test set is shared by every fold)."""
+def fold_ensemble(predictions: pd.DataFrame, by: str = "model", split: str = "test",
+                  values: Sequence[str] = ("probability",)) -> pd.DataFrame:
+    """Mean probability over the fold models for each image of `split` (the test set is shared by every fold);
+    `values` names the per-image columns averaged (e.g. a calibrated probability beside the raw one)."""
     part = predictions[predictions["split"] == split]
     kept = {c: (c, "first") for c in ("label", "source", "group") if c in part.columns}
+    means = {v: (v, "mean") for v in values}
     return (part.groupby([by, "path"], sort=False)
-            .agg(**kept, probability=("probability", "mean"), n_models=("probability", "size"))
+            .agg(**kept, **means, n_models=(values[0], "size"))
             .reset_index())
 
 

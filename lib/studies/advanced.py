@@ -25,8 +25,9 @@ import pandas as pd
 
 from lib.data.augment import AugmentPolicy
 from lib.evaluation import stats
-from lib.evaluation.calibration import apply_temperature, fit_temperature, logits_from_probabilities
-from lib.evaluation.compare import N_BOOT, compare_family, describe_family_row, metric_intervals, validation_thresholds
+from lib.evaluation.calibration import temperature_scale
+from lib.evaluation.compare import (N_BOOT, compare_family, describe_family_row, fold_ensemble, metric_intervals,
+                                    validation_thresholds)
 from lib.evaluation.ensembles import fit_ensemble_weights, hard_vote, prediction_matrix, soft_vote
 from lib.evaluation.metrics import binary_metrics, calibration_table, expected_calibration_error, threshold_sweep
 from lib.paths import RUNS_DIR
@@ -164,20 +165,18 @@ def best_single_on_validation(predictions: pd.DataFrame, members: Sequence[str])
 
 # ----------------------------------------------------------------------------- calibration
 def temperature_scaled(predictions: pd.DataFrame) -> pd.DataFrame:
-    """The baseline's predictions with `calibrated_probability`: one temperature per run, fitted on its validation
-    rows (the raw `probability` stays as written by the run store)."""
-    frames = []
-    for key, run in predictions[predictions["condition"] == BASELINE].groupby("run_key", sort=False):
-        val = run[run["split"] == "val"]
-        if val["label"].nunique() < 2:
-            print(f"run {key}: no temperature (its validation part has one class only)")
-            continue
-        t = fit_temperature(logits_from_probabilities(val["probability"].to_numpy()), val["label"].to_numpy())
-        frames.append(run.assign(temperature=t, calibrated_probability=apply_temperature(
-            logits_from_probabilities(run["probability"].to_numpy()), t)))
-    if not frames:
+    """The baseline's predictions with `temperature` and `calibrated_probability`: one temperature per run, fitted
+    on its validation rows (`lib.evaluation.calibration.temperature_scale`; the raw `probability` stays as written by
+    the run store). A run whose validation part has one class gets none, and says so."""
+    baseline = predictions[predictions["condition"] == BASELINE]
+    classes = baseline[baseline["split"] == "val"].groupby("run_key")["label"].nunique()
+    one_class = [key for key in dict.fromkeys(baseline["run_key"]) if classes.get(key, 0) < 2]
+    for key in one_class:
+        print(f"run {key}: no temperature (its validation part has one class only)")
+    kept = baseline[~baseline["run_key"].isin(one_class)]
+    if kept.empty:
         raise ValueError("no baseline run has both classes in its validation part: no temperature can be fitted")
-    return pd.concat(frames, ignore_index=True)
+    return temperature_scale(kept).reset_index(drop=True)
 
 
 def calibration_summary(scaled: pd.DataFrame, held: Sequence[str], n_boot: int = N_BOOT, n_bins: int = 15,
@@ -186,9 +185,8 @@ def calibration_summary(scaled: pd.DataFrame, held: Sequence[str], n_boot: int =
     Brier difference (after - before) with its 95 % group-bootstrap interval."""
     rows = []
     for view, frame in _views(scaled, held).items():
-        ens = (frame.groupby("path", sort=False)
-               .agg(label=("label", "first"), group=("group", "first"), before=("probability", "mean"),
-                    after=("calibrated_probability", "mean")).reset_index())
+        ens = fold_ensemble(frame, "condition", "test", values=("probability", "calibrated_probability")).rename(
+            columns={"probability": "before", "calibrated_probability": "after"})
         if ens["label"].nunique() < 2:
             continue
         y = ens["label"].to_numpy()
@@ -204,7 +202,8 @@ def calibration_summary(scaled: pd.DataFrame, held: Sequence[str], n_boot: int =
                      "ece_after": expected_calibration_error(y, ens["after"], n_bins),
                      "brier_before": float(se_before.mean()), "brier_after": float(se_after.mean()),
                      "brier_diff": float((se_after - se_before).mean()), "ci_low": low, "ci_high": high,
-                     "verdict": stats.verdict(low, high, direction="less"), "real_groups": int(ens.loc[ens["label"] == 0, "group"].nunique()),
+                     "verdict": stats.verdict(low, high, direction="less"),
+                     "real_groups": int(ens.loc[ens["label"] == 0, "group"].nunique()),
                      "fake_groups": int(ens.loc[ens["label"] == 1, "group"].nunique())})
     return pd.DataFrame(rows)
 
@@ -264,9 +263,7 @@ def uncertainty_table(rescore: pd.DataFrame, thresholds: pd.Series) -> pd.DataFr
 
     if "mc_std" not in rescore.columns:
         return pd.DataFrame()
-    test = rescore[rescore["split"].isin(["test", "holdout"])]
-    ens = test.groupby(["split", "path"], sort=False).agg(label=("label", "first"), mean=("mc_probability", "mean"),
-                                                         spread=("mc_std", "mean")).reset_index()
+    ens = _mc_ensemble(rescore)
     threshold = float(thresholds.get(MC, 0.5))
     rows = []
     for split, part in ens.groupby("split"):
@@ -276,12 +273,18 @@ def uncertainty_table(rescore: pd.DataFrame, thresholds: pd.Series) -> pd.DataFr
     return pd.DataFrame(rows)
 
 
+def _mc_ensemble(rescore: pd.DataFrame) -> pd.DataFrame:
+    """MC dropout's mean (`mean`) and spread (`spread`) per test and holdout image, averaged over the fold models."""
+    frames = [fold_ensemble(rescore, "condition", split, values=("mc_probability", "mc_std")).assign(split=split)
+              for split in ("test", "holdout")]
+    return pd.concat(frames, ignore_index=True).rename(columns={"mc_probability": "mean", "mc_std": "spread"})
+
+
 def ece_table(predictions: pd.DataFrame, held: Sequence[str], n_bins: int = 15) -> pd.DataFrame:
     """ECE of every condition's fold ensemble on each view (a point estimate: binned, it has no group interval)."""
     rows = []
     for view, frame in _views(predictions, held).items():
-        for condition, part in frame.groupby("condition", sort=False):
-            ens = part.groupby("path").agg(label=("label", "first"), probability=("probability", "mean"))
+        for condition, ens in fold_ensemble(frame, "condition", "test").groupby("condition", sort=False):
             rows.append({"condition": condition, "set": view,
                          "ece": expected_calibration_error(ens["label"].to_numpy(), ens["probability"].to_numpy(),
                                                            n_bins)})
@@ -356,9 +359,9 @@ def reliability_figure(scaled: pd.DataFrame, n_bins: int = 10, path: str | Path 
 
     from lib.report.plots import save
 
-    test = as_test_view(scaled, ("test",), ("test",))
-    ens = test.groupby("path").agg(label=("label", "first"), before=("probability", "mean"),
-                                   after=("calibrated_probability", "mean"))
+    ens = fold_ensemble(as_test_view(scaled, ("test",), ("test",)), "condition", "test",
+                        values=("probability", "calibrated_probability")).rename(
+        columns={"probability": "before", "calibrated_probability": "after"})
     fig, ax = plt.subplots(figsize=(4.5, 4.2))
     ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--", label="perfect")
     for column, label in (("before", "raw"), ("after", f"T = {scaled['temperature'].mean():.2f}")):
@@ -381,8 +384,7 @@ def threshold_figure(predictions: pd.DataFrame, condition: str = BASELINE, path:
 
     part = predictions[predictions["condition"] == condition]
     threshold = float(validation_thresholds(part, "condition").get(condition, 0.5))
-    test = as_test_view(part, ("test",), ("test",)).groupby("path").agg(label=("label", "first"),
-                                                                         probability=("probability", "mean"))
+    test = fold_ensemble(as_test_view(part, ("test",), ("test",)), "condition", "test")
     sweep = threshold_sweep(test["label"].to_numpy(), test["probability"].to_numpy(), np.linspace(0.01, 0.99, 99))
     fig, ax = plt.subplots(figsize=(6, 4))
     for metric in ("accuracy", "precision", "recall", "f1"):
@@ -401,9 +403,7 @@ def uncertainty_figure(rescore: pd.DataFrame, thresholds: pd.Series, path: str |
 
     from lib.report.plots import save
 
-    test = rescore[rescore["split"].isin(["test", "holdout"])]
-    ens = test.groupby("path").agg(label=("label", "first"), mean=("mc_probability", "mean"),
-                                   spread=("mc_std", "mean"))
+    ens = _mc_ensemble(rescore)
     wrong = (ens["mean"] >= float(thresholds.get(MC, 0.5))).astype(int) != ens["label"]
     fig, ax = plt.subplots(figsize=(5, 3.8))
     ax.boxplot([ens.loc[~wrong, "spread"], ens.loc[wrong, "spread"]])
