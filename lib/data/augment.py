@@ -265,7 +265,6 @@ def safe_policy(crop: int, mask_patch: int = 16, mask_p: float = 0.5) -> Augment
                          mask_p=mask_p, mask_ratio=(0.0, 0.75), mask_patch=mask_patch)
 
 
-
 def _per_sample_seeded(transform: Any, out: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
     """Apply a torchvision transform to each sample on its own (its own draws). torchvision draws from the global
     CPU generator: seed it from `g` inside fork_rng, so the result repeats with `g` and the global stream is kept."""

@@ -1,11 +1,12 @@
 """torchvision architectures with a one-logit head; ImageNet weights from local files only.
 
 Each built model has `head_name`, the qualified name of the fresh Linear head (a tuple with the attention block when
-there is one), so fit's backbone_lr_scale can train the pretrained backbone slower than the fresh modules. `head_attention="se"|"cbam"` (default "none": the model exactly as
-torchvision builds it) puts an attention block on the last feature map, right before global pooling (`avgpool`
-becomes Sequential(block, pool), so every pretrained key stays as it is); supported by the resnet family
-(resnet18/34/50), efficientnet_b0 and convnext_tiny, whose pooled width is the head's input width. Other backbones
-(mobilenet_v2 pools inside forward, mobilenet_v3_small and swin_t) raise.
+there is one), so fit's backbone_lr_scale can train the pretrained backbone slower than the fresh modules.
+`head_attention="se"|"cbam"` (default "none": the model exactly as torchvision builds it) puts an attention block
+on the last feature map, right before global pooling (`avgpool` becomes Sequential(block, pool), so every pretrained
+key stays as it is); supported by the resnet family (resnet18/34/50), efficientnet_b0 and convnext_tiny, whose pooled
+width is the head's input width. Other backbones (mobilenet_v2 pools inside forward, mobilenet_v3_small and swin_t)
+raise.
 """
 
 from __future__ import annotations

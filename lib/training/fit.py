@@ -21,12 +21,12 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from lib.fileio import hide_later_defaults, reduce_by_fields
-from lib.progress import tqdm
 
 from lib.data.augment import AugmentPolicy
 from lib.data.batch_mixing import BatchMixer
 from lib.data.cache import IMAGENET_MEAN, IMAGENET_STD, BatchLoader, channel_stats
+from lib.fileio import hide_later_defaults, reduce_by_fields
+from lib.progress import tqdm
 from lib.training.losses import LOSSES, make_loss
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -137,7 +137,6 @@ class TrainConfig:
 # fields added after runs were stored, with the default that leaves them out of keys
 _LATER_FIELDS = {"loss": "bce", "focal_gamma": 2.0, "focal_alpha": -1.0, "label_smoothing": 0.0, "mixup_alpha": 0.0,
                  "cutmix_alpha": 0.0, "mix_prob": 1.0, "backbone_lr_scale": 1.0}
-
 
 
 def seed_everything(seed: int) -> None:
