@@ -184,23 +184,30 @@ def smoke_reports():
     return out
 
 
-# ----------------------------------------------------------------------------- the run store's tiny study
+# ----------------------------------------------------------------------------- tiny studies for the run store
+def tiny_run_study(tmp_path: Path, images: list[np.ndarray], sources: list[str], parts: list[tuple[str, int]],
+                   fingerprint: str, **columns) -> SimpleNamespace:
+    """A study of PNGs for run-store tests: image i has label i % 2 and group g{i // 2}; `parts` deals the rows in
+    order ((split, count) pairs), the trainval rows into 2 folds by group. `columns` are constant manifest columns."""
+    rows = []
+    for i, img in enumerate(images):
+        path = tmp_path / "img" / f"{i:02d}.png"
+        path.parent.mkdir(exist_ok=True)
+        Image.fromarray(img).save(path)
+        rows.append({"path": path.as_posix(), "label": i % 2, "source": sources[i], "group": f"g{i // 2}",
+                     "sha256": sha256_file(path), **columns})
+    manifest = pd.DataFrame(rows)
+    split = [name for name, count in parts for _ in range(count)]
+    fold = [(i // 2) % 2 if name == "trainval" else -1 for i, name in enumerate(split)]
+    splits = pd.DataFrame({"sha256": manifest["sha256"], "split": split, "fold": fold})
+    dataset = SimpleNamespace(name="tiny", manifest=manifest, fingerprint=fingerprint)
+    return SimpleNamespace(dataset=dataset, splits=splits, runs=tmp_path / "runs", cache=tmp_path / "cache")
+
+
 @pytest.fixture
 def study(tmp_path):
     """20 PNGs (fakes brighter), a hand-made split table: 2 folds, 4 test rows, 2 holdout rows."""
     rng = np.random.default_rng(0)
-    rows = []
-    for i in range(20):
-        label = i % 2
-        img = (rng.integers(0, 150, (16, 20, 3)) + 100 * label).clip(0, 255).astype(np.uint8)
-        path = tmp_path / "img" / f"{i:02d}.png"
-        path.parent.mkdir(exist_ok=True)
-        Image.fromarray(img).save(path)
-        rows.append({"path": path.as_posix(), "label": label, "source": "gen" if label else "real",
-                     "group": f"g{i // 2}", "sha256": sha256_file(path)})
-    manifest = pd.DataFrame(rows)
-    split = ["trainval"] * 14 + ["test"] * 4 + ["holdout"] * 2
-    fold = [(i // 2) % 2 for i in range(14)] + [-1] * 6
-    splits = pd.DataFrame({"sha256": manifest["sha256"], "split": split, "fold": fold})
-    dataset = SimpleNamespace(name="tiny", manifest=manifest, fingerprint="fp-tiny")
-    return SimpleNamespace(dataset=dataset, splits=splits, runs=tmp_path / "runs", cache=tmp_path / "cache")
+    images = [(rng.integers(0, 150, (16, 20, 3)) + 100 * (i % 2)).clip(0, 255).astype(np.uint8) for i in range(20)]
+    sources = ["gen" if i % 2 else "real" for i in range(20)]
+    return tiny_run_study(tmp_path, images, sources, [("trainval", 14), ("test", 4), ("holdout", 2)], "fp-tiny")

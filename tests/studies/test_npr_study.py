@@ -10,18 +10,17 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from lib.studies import npr as na
 from lib.data.cache import build_cache
 from lib.evaluation.compare import compare_family, metric_intervals
 from lib.evaluation.stats import verdict
-from lib.fileio import sha256_file
 from lib.data.manifest import build_manifest
 from lib.data.recipes import Recipe
 from lib.training.runstore import load_model, load_run
 from lib.training.fit import TrainConfig
+from conftest import tiny_run_study
 
 
 # ----------------------------------------------------------------------------- input: native pixels
@@ -338,23 +337,14 @@ def test_npr_maps_follow_npr_map():
 def tiny_study(tmp_path):
     """32 PNGs 16x16 (fakes carry a 2x2 block pattern), 2 folds, a test part."""
     rng = np.random.default_rng(0)
-    rows = []
+    images = []
     for i in range(32):
-        label = i % 2
         img = rng.integers(0, 256, (16, 16, 3)).astype(np.uint8)
-        if label:
+        if i % 2:
             img = np.repeat(np.repeat(img[::2, ::2], 2, axis=0), 2, axis=1)  # nearest up-sampling artefact
-        path = tmp_path / "img" / f"{i:02d}.png"
-        path.parent.mkdir(exist_ok=True)
-        Image.fromarray(img).save(path)
-        rows.append({"path": path.as_posix(), "label": label, "source": ("up_a" if i % 4 == 1 else "up_b") if label else "real",
-                     "group": f"g{i // 2}", "sha256": sha256_file(path)})
-    manifest = pd.DataFrame(rows)
-    split = ["trainval"] * 24 + ["test"] * 8
-    fold = [(i // 2) % 2 for i in range(24)] + [-1] * 8
-    splits = pd.DataFrame({"sha256": manifest["sha256"], "split": split, "fold": fold})
-    dataset = SimpleNamespace(name="tiny", manifest=manifest, fingerprint="fp-npr-tiny")
-    return SimpleNamespace(dataset=dataset, splits=splits, runs=tmp_path / "runs", cache=tmp_path / "cache")
+        images.append(img)
+    sources = [("up_a" if i % 4 == 1 else "up_b") if i % 2 else "real" for i in range(32)]
+    return tiny_run_study(tmp_path, images, sources, [("trainval", 24), ("test", 8)], "fp-npr-tiny")
 
 
 def test_arms_attention_and_external_set_through_the_run_store(tiny_study, generic_tree, tmp_path):

@@ -10,15 +10,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
 
 from lib.studies import phase3
 from lib.studies import phase4
 from lib.studies import gradcam
 from lib.data.augment import AugmentPolicy
-from lib.fileio import ArtefactMismatch, sha256_file, write_stamped_json
+from lib.fileio import ArtefactMismatch, write_stamped_json
 from lib.data.recipes import Recipe
 from lib.training.fit import TrainConfig
+from conftest import tiny_run_study
 
 BASE = Recipe(size=32)
 
@@ -225,22 +225,14 @@ def test_normalised_inputs_match_the_training_normalisation():
 def stored_study(tmp_path):
     """24 PNGs (fakes brighter, a bright border), a hand-made split table with 8 test rows, one trained fold."""
     rng = np.random.default_rng(0)
-    rows = []
+    images = []
     for i in range(24):
         label = i % 2
         img = rng.integers(0, 120, (24, 24, 3)) + 100 * label
         img[:3] += 60 * label
-        path = tmp_path / "img" / f"{i:02d}.png"
-        path.parent.mkdir(exist_ok=True)
-        Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(path)
-        rows.append({"path": path.as_posix(), "label": label, "source": "gen" if label else "real",
-                     "group": f"g{i // 2}", "sha256": sha256_file(path), "width": 24, "height": 24})
-    manifest = pd.DataFrame(rows)
-    split = ["trainval"] * 16 + ["test"] * 8
-    fold = [(i // 2) % 2 for i in range(16)] + [-1] * 8
-    splits = pd.DataFrame({"sha256": manifest["sha256"], "split": split, "fold": fold})
-    dataset = SimpleNamespace(name="tiny", manifest=manifest, fingerprint="fp-tiny")
-    return SimpleNamespace(dataset=dataset, splits=splits, runs=tmp_path / "runs", cache=tmp_path / "cache")
+        images.append(img.clip(0, 255).astype(np.uint8))
+    sources = ["gen" if i % 2 else "real" for i in range(24)]
+    return tiny_run_study(tmp_path, images, sources, [("trainval", 16), ("test", 8)], "fp-tiny", width=24, height=24)
 
 
 def test_explain_run_end_to_end(stored_study):
