@@ -134,19 +134,19 @@ class RayExecutor:
         task = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=self.max_retries, retry_exceptions=False)(
             _call_in_ray_worker)
         refs = [task.remote(fn, job) for job in jobs]
-        pending, errors = list(refs), []
+        pending, results, errors = list(refs), {}, []
         with tqdm(total=len(refs), desc=f"{desc} (ray)", unit="run", disable=not progress) as bar:
             while pending:
-                done, pending = ray.wait(pending, num_returns=1)
+                (ref,), pending = ray.wait(pending, num_returns=1)
                 try:
-                    ray.get(done[0])
+                    results[ref] = ray.get(ref)
                 except Exception as err:  # the others still finish: their runs are written atomically
                     errors.append(err)
                 bar.update(1)
         if errors:
             first = errors[0]
             raise getattr(first, "cause", None) or first  # a RayTaskError wraps the job's own exception
-        return ray.get(refs)
+        return [results[ref] for ref in refs]
 
     def shutdown(self) -> None:
         if self._started:

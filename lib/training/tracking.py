@@ -126,9 +126,9 @@ def _experiment_id(client: Any, name: str, uri: str) -> str:
     return client.create_experiment(name, artifact_location=location)
 
 
-def _logged(client: Any, run_key: str) -> bool:
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    return bool(experiments) and bool(client.search_runs(experiments, f"tags.run_key = '{run_key}'", max_results=1))
+def _logged(client: Any, experiments: list[str], run_key: str) -> bool:
+    """Is `run_key` in any of the store's experiments (another notebook may have logged it)?"""
+    return bool(client.search_runs(experiments, f"tags.run_key = '{run_key}'", max_results=1))
 
 
 def log_runs(results: Iterable[Any], tracking: Tracking | None = None) -> int:
@@ -161,8 +161,9 @@ def _log(results: list[Any], tracking: Tracking) -> int:
         warnings.simplefilter("ignore", DeprecationWarning)  # MLflow's own SQLAlchemy deprecations: not ours to show
         client = MlflowClient(tracking_uri=tracking.uri)
         experiment = _experiment_id(client, tracking.experiment, tracking.uri)
+        experiments = [e.experiment_id for e in client.search_experiments()]  # ours included; the lock keeps it so
         for result in results:
-            if _logged(client, result.key):
+            if _logged(client, experiments, result.key):
                 continue
             spec = result.spec
             tags = {"run_key": result.key, "model": spec.model, "fold": str(spec.fold), "dataset": spec.dataset,
