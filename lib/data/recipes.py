@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
+from lib.data.perturbations import Perturbation
 from lib.fileio import stable_hash
 
 MODES = ("resize", "center_crop", "letterbox", "face", "native_crop")
@@ -40,6 +41,11 @@ class Recipe:
     ``face_detector`` names the source of the boxes, so caches built from different detectors differ.
     ``jpeg_quality`` (1..100, 0 = off) re-encodes every image of both classes at that JPEG quality before the
     geometric step: the neutraliser of a compression shortcut (real JPEG q75 vs fake PNG, say).
+    ``perturbation`` (a ``lib.data.perturbations.Perturbation`` spec such as ``"jpeg:50"`` or ``"blur:1"``; "" = none)
+    is a test-time perturbation (robustness sweep): never used for training (the run store refuses it). It is applied
+    FIRST, to the decoded image at its native resolution (before ``jpeg_quality`` and the geometric step), to both
+    classes alike. A ``Perturbation`` may be passed; it is stored as its canonical spec, so equal perturbations give
+    equal keys.
     """
 
     size: int = 64
@@ -49,6 +55,7 @@ class Recipe:
     face_margin: float = 0.2
     face_detector: str = ""
     jpeg_quality: int = 0
+    perturbation: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.size, (int, np.integer)) or self.size < 1:
@@ -65,16 +72,27 @@ class Recipe:
             raise ValueError(f"Recipe.face_margin must be >= 0, got {self.face_margin}")
         if not isinstance(self.jpeg_quality, (int, np.integer)) or not 0 <= self.jpeg_quality <= 100:
             raise ValueError(f"Recipe.jpeg_quality must be an int in 1..100 (0 = off), got {self.jpeg_quality!r}")
+        if self.perturbation:  # validate, and store the canonical spec ("jpeg:50.0" -> "jpeg:50")
+            try:
+                spec = Perturbation.parse(self.perturbation).spec
+            except ValueError as exc:
+                raise ValueError(f"Recipe.perturbation: {exc}") from None
+            object.__setattr__(self, "perturbation", spec)
+        elif not isinstance(self.perturbation, str):
+            raise ValueError(f"Recipe.perturbation must be a spec string ('' = none), got {self.perturbation!r}")
 
     @property
     def key(self) -> str:
         return stable_hash(self.to_dict())
 
     def to_dict(self) -> dict[str, Any]:
-        # jpeg_quality off is left out, so recipes that predate it keep their key (and their caches and runs)
+        # jpeg_quality off and no perturbation are left out, so recipes that predate them keep their key (and their
+        # caches and runs)
         d = asdict(self)
         if not d["jpeg_quality"]:
             del d["jpeg_quality"]
+        if not d["perturbation"]:
+            del d["perturbation"]
         return d
 
     @classmethod
@@ -93,6 +111,8 @@ class Recipe:
         """
         if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
             raise ValueError(f"Recipe.apply expects an HxWx3 uint8 image, got shape {img.shape} dtype {img.dtype}")
+        if self.perturbation:  # first: the test-time perturbation acts on the native decoded image
+            img = Perturbation.parse(self.perturbation).apply(img)
         pil = Image.fromarray(img)
         if self.jpeg_quality:
             pil = _jpeg_reencode(pil, self.jpeg_quality)

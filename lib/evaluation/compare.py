@@ -128,16 +128,26 @@ def metric_intervals(predictions: pd.DataFrame, by: str = "model", sets: Sequenc
     for name in sets:
         part = evaluation_set(predictions, by, name)
         for level, frame in part.groupby(by, sort=False):
-            frame = frame.reset_index(drop=True)
-            counts = group_counts(frame)
-            sampler = _Resampler(frame, n_boot, seed, min_groups)
-            for metric in metrics:
-                estimate, reps = sampler.scores(frame["probability"].to_numpy(), metric, float(thresholds.get(level, 0.5)))
-                low, high = percentile_interval(reps, confidence) if sampler.enough else (math.nan, math.nan)
-                rows.append({by: level, "set": name, "metric": metric, "estimate": estimate, "ci_low": low,
-                             "ci_high": high, **counts,
-                             "note": "" if sampler.enough else _not_enough_note(counts, min_groups)})
+            rows += [{by: level, "set": name, **row} for row in frame_intervals(
+                frame, metrics, float(thresholds.get(level, 0.5)), n_boot, seed, confidence, min_groups)]
     return pd.DataFrame(rows)
+
+
+def frame_intervals(frame: pd.DataFrame, metrics: Sequence[str] = ("auc",), threshold: float = 0.5,
+                    n_boot: int = N_BOOT, seed: int = 0, confidence: float = 0.95,
+                    min_groups: int = MIN_GROUPS) -> list[dict]:
+    """One row per metric for one frame of predictions (label, probability, group): the estimate, its cluster-bootstrap
+    interval over groups, the group counts behind it and a note when the groups are too few for an interval."""
+    frame = frame.reset_index(drop=True)
+    counts = group_counts(frame)
+    sampler = _Resampler(frame, n_boot, seed, min_groups)
+    rows = []
+    for metric in metrics:
+        estimate, reps = sampler.scores(frame["probability"].to_numpy(), metric, threshold)
+        low, high = percentile_interval(reps, confidence) if sampler.enough else (math.nan, math.nan)
+        rows.append({"metric": metric, "estimate": estimate, "ci_low": low, "ci_high": high, **counts,
+                     "note": "" if sampler.enough else _not_enough_note(counts, min_groups)})
+    return rows
 
 
 def compare_family(predictions: pd.DataFrame, by: str, pairs: Sequence[tuple[str, str]], sets: Sequence[str] = SETS,

@@ -171,6 +171,11 @@ def train_or_load(
     cache_dir: str | Path = CACHE_DIR,
 ) -> RunResult:
     """Load the run if its folder is complete, else train it, evaluate val/test/holdout and write it."""
+    if spec.recipe.perturbation:
+        raise ValueError(
+            f"recipe {spec.recipe.key} carries the test-time perturbation {spec.recipe.perturbation!r}: perturbations "
+            "are applied at test time only, never to training data (re-score a trained model on a perturbed cache)"
+        )
     run_dir = Path(runs_dir) / spec.key
     if is_complete(run_dir):
         return load_run(run_dir)

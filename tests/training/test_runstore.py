@@ -159,9 +159,10 @@ def test_key_of_an_unrevised_model_is_the_plain_config_hash_and_a_revision_chang
 
     spec = _spec(study)
     key = spec.key
-    # keys as before revisions and before Recipe.jpeg_quality: the hash of the config with that option left off
+    # keys as before revisions, Recipe.jpeg_quality and Recipe.perturbation: the hash of the config with those options
+    # left off
     plain = dataclasses.asdict(spec)
-    del plain["recipe"]["jpeg_quality"]
+    del plain["recipe"]["jpeg_quality"], plain["recipe"]["perturbation"]
     assert registry.model_revision("simple_cnn") == 0 and key == stable_hash(plain)
     assert dataclasses.replace(spec, recipe=dataclasses.replace(spec.recipe, jpeg_quality=75)).key != key
     assert registry.model_revision("npr") >= 1 and registry.model_revision("no_such_model") == 0
