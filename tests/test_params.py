@@ -6,7 +6,8 @@ from lib.config import PROFILES, declared_parameters, notebook_overrides, resolv
 from lib.paths import NOTEBOOKS_DIR, PARAMS_DIR
 from run_all import numbered_notebooks
 
-SPLIT_KEYS = ("data_root", "layout", "embedded_preset", "seed", "n_folds", "test_ratio", "val_ratio", "group_regex")
+SPLIT_KEYS = ("data_root", "layout", "embedded_preset", "seed", "n_folds", "test_ratio", "val_ratio", "group_regex",
+              "protocol", "train_classes")
 # Equal baseline training keys give equal run keys, so later notebooks reuse Phase 1 runs instead of retraining.
 TRAIN_KEYS = ("image_size", "epochs", "batch_size", "optimizer", "lr", "weight_decay", "scheduler", "t_max", "patience")
 

@@ -34,13 +34,14 @@ class Dataset:
 def load_dataset(data_root: str = "", layout: str = "auto", embedded_preset: str = "default", seed: int = 42,
                  embedded_overrides: dict | None = None, progress: bool = True, group_regex: str = "",
                  merge_near_duplicates: bool = True,
-                 near_duplicate_distance: int = NEAR_DUPLICATE_DISTANCE) -> Dataset:
+                 near_duplicate_distance: int = NEAR_DUPLICATE_DISTANCE, allow_one_class: bool = False) -> Dataset:
     """Manifest of ``data_root`` read as ``layout``; ``data_root=""`` builds (once) and uses the embedded dataset.
 
     ``embedded_preset``, ``seed`` and ``embedded_overrides`` only matter for the embedded dataset. ``group_regex``
     overrides the layout's groups (``lib.data.layouts``); groups sharing near-duplicate images (perceptual hashes
     within ``near_duplicate_distance`` bits) are merged unless ``merge_near_duplicates=False`` (``Dataset.merges``
-    lists the merges).
+    lists the merges). ``allow_one_class=True`` accepts a folder of one class (evaluation only, e.g.
+    ``layout="real_only"``); by default a one-class folder raises ``lib.data.manifest.ManifestError``.
     """
     if data_root:
         root = Path(data_root).expanduser()
@@ -54,7 +55,7 @@ def load_dataset(data_root: str = "", layout: str = "auto", embedded_preset: str
     layout = detect_layout(root) if layout == "auto" else layout
     tables = build_manifest_tables(root, layout=layout, progress=progress, group_regex=group_regex,
                                    merge_near_duplicates=merge_near_duplicates,
-                                   near_duplicate_distance=near_duplicate_distance)
+                                   near_duplicate_distance=near_duplicate_distance, allow_one_class=allow_one_class)
     card_path = root / "card.json"
     card = json.loads(card_path.read_text(encoding="utf-8")) if card_path.is_file() else None
     name = str(card.get("name", root.name)) if isinstance(card, dict) else root.name

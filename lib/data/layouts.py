@@ -17,10 +17,10 @@ Layouts (``label`` is always 1 = fake, 0 = real):
 - ``deepfakeface`` (DeepFakeFace, OpenRL/DeepFakeFace): ``wiki/`` real photos and the fakes ``inpainting/``,
   ``insight/``, ``text2img/`` with the same sub-structure. source = folder name; group = relative path inside the
   folder without extension: the fakes were made from the real photo of the same name, so they stay together.
-- ``cifake``: ``train|test/REAL|FAKE/*`` (upper-case class folders, as published). CIFAKE's own class indices are
-  0 = FAKE, 1 = REAL; here label 1 = fake. source "cifar10" (REAL) or "sd14" (FAKE). The fakes were generated from
-  text prompts, not from the real images, so a shared file name (``1234 (2).jpg`` in REAL and FAKE) does not mean
-  shared content: group = the file's path relative to the root.
+- ``cifake``: ``train|test/REAL|FAKE/*`` (upper-case class folders, as published; one of them is enough). CIFAKE's
+  own class indices are 0 = FAKE, 1 = REAL; here label 1 = fake. source "cifar10" (REAL) or "sd14" (FAKE). The fakes
+  were generated from text prompts, not from the real images, so a shared file name (``1234 (2).jpg`` in REAL and
+  FAKE) does not mean shared content: group = the file's path relative to the root.
 - ``forensynths`` (ForenSynths / CNNDetection): ``[<split>/]<generator>/[<class>/]0_real|1_fake/*``.
   source = generator for fakes and ``<generator>_real`` for reals (each generator's reals come from a different photo
   collection: LSUN, ImageNet, CelebA..., which a source analysis must be able to tell apart); group = the file's
@@ -31,6 +31,12 @@ Layouts (``label`` is always 1 = fake, 0 = real):
   or the first sub-folder below real/fake (``fake/<generator>/...`` -> source ``<generator>``); group = the file's
   path relative to the root (``real/1.jpg`` and ``fake/1.jpg`` are different images). For an aligned dataset whose
   fakes reuse their real photo's name, pass e.g. ``group_regex=r"([^/]+)\.\w+$"`` (the file stem).
+- ``real_only`` / ``fake_only``: a folder of one class only, for evaluating a trained detector on it (a detector
+  cannot be trained on one class; ``lib.data.manifest`` needs ``allow_one_class=True``). Every image file below the
+  root, in any sub-folder, gets label 0 (real_only) or 1 (fake_only) and source "real" / "fake"; group = the file's
+  path relative to the root; orig_split "". Never auto-detected: pass ``layout="real_only"`` or ``"fake_only"``.
+  A one-class tree of another layout (only ``real/``, only ``0_real`` folders, only ``REAL``) is still read, and
+  auto-detected, by that layout's reader.
 """
 
 from __future__ import annotations
@@ -154,6 +160,22 @@ def read_cifake(root: Path) -> pd.DataFrame:
     return _frame(rows, ignored)
 
 
+def _read_one_class(root: Path, label: int) -> pd.DataFrame:
+    images, ignored = _walk(root)
+    source = "fake" if label else "real"
+    rows = [{"path": path.as_posix(), "label": label, "source": source,
+             "group": path.relative_to(root).as_posix(), "orig_split": ""} for path in images]
+    return _frame(rows, ignored)
+
+
+def read_real_only(root: Path) -> pd.DataFrame:
+    return _read_one_class(root, 0)
+
+
+def read_fake_only(root: Path) -> pd.DataFrame:
+    return _read_one_class(root, 1)
+
+
 def _forensynths_parts(parts: list[str]) -> tuple[str, str, str] | None:
     """Folders above 0_real|1_fake -> (split, generator, class); None if there is no generator level."""
     split = ""
@@ -235,8 +257,16 @@ def _is_deepfakeface(root: Path) -> bool:
 
 
 def _is_cifake(root: Path) -> bool:
-    return any(split.lower() in ("train", "test") and {"REAL", "FAKE"} <= set(_subdirs(path))
-               for split, path in _subdirs(root).items())
+    """A train/test folder holds REAL and/or FAKE (upper case, as published; one class is enough), and no train/test
+    folder holds a real/fake folder spelled otherwise (that tree is generic: the CIFAKE reader would drop it)."""
+    class_names = [name for split, path in _subdirs(root).items() if split.lower() in ("train", "test")
+                   for name in _subdirs(path) if name.lower() in ("real", "fake")]
+    return bool(class_names) and all(name in ("REAL", "FAKE") for name in class_names)
+
+
+def _never(root: Path) -> bool:
+    """Layouts chosen by name only (one-class folders): auto-detection never picks them."""
+    return False
 
 
 def _label_dirs(root: Path, max_depth: int) -> list[tuple[str, ...]]:
@@ -264,14 +294,20 @@ def _is_generic(root: Path) -> bool:
 
 
 Reader = Callable[[Path], pd.DataFrame]
-# Detection order matters: specific layouts first, the permissive generic layout last.
+# Detection order matters: specific layouts first, the permissive generic layout last; real_only and fake_only are
+# chosen by name only (AUTO_LAYOUTS leaves them out).
 LAYOUTS: dict[str, tuple[Reader, Callable[[Path], bool], str]] = {
     "embedded": (read_embedded, _is_embedded, "metadata.csv (path, label, source, group) written by lib.data.embedded"),
     "deepfakeface": (read_deepfakeface, _is_deepfakeface, "wiki/ plus at least one of inpainting/, insight/, text2img/"),
-    "cifake": (read_cifake, _is_cifake, "train/ and/or test/, each with REAL/ and FAKE/ (upper case)"),
+    "cifake": (read_cifake, _is_cifake, "train/ and/or test/, each with REAL/ and/or FAKE/ (upper case)"),
     "forensynths": (read_forensynths, _is_forensynths, "[<split>/]<generator>/[<class>/]0_real|1_fake/"),
     "generic": (read_generic, _is_generic, "[<split>/]real|fake/ (any case, or 0_real|1_fake), optional fake/<generator>/"),
+    "real_only": (read_real_only, _never, "any folder of real images only, for evaluation (never auto-detected: "
+                                          "pass layout='real_only')"),
+    "fake_only": (read_fake_only, _never, "any folder of fake images only, for evaluation (never auto-detected: "
+                                          "pass layout='fake_only')"),
 }
+AUTO_LAYOUTS = tuple(name for name, (_, matches, _) in LAYOUTS.items() if matches is not _never)
 
 
 def _expectations() -> str:
@@ -283,8 +319,8 @@ def detect_layout(root: str | Path) -> str:
     root = Path(root)
     if not root.is_dir():
         raise LayoutError(f"dataset folder {root} does not exist or is not a folder")
-    for name, (_, matches, _) in LAYOUTS.items():
-        if matches(root):
+    for name in AUTO_LAYOUTS:
+        if LAYOUTS[name][1](root):
             return name
     raise LayoutError(f"cannot recognise the layout of {root}. Known layouts and what each expects:\n"
                       f"{_expectations()}\nArrange the folder like one of them or pass layout=<name>.")
@@ -329,3 +365,15 @@ def read_layout(root: str | Path, layout: str = "auto", group_regex: str = "") -
         df["group"] = regex_groups(df["path"].tolist(), root, group_regex)
     df.attrs["layout"] = layout
     return df
+
+
+def content_classes(paths, root: str | Path) -> list[str]:
+    """Content class of each image read from its folders: the innermost folder below ``root`` that names neither a
+    split nor a class (``cifar10/cat/1.png`` -> "cat", ``progan/car/0_real/1.png`` -> "car"); "" when there is none."""
+    root = Path(root).resolve()
+    skip = SPLIT_NAMES | REAL_NAMES | FAKE_NAMES | {"real", "fake"}
+    out = []
+    for path in paths:
+        folders = [p for p in Path(path).relative_to(root).parts[:-1] if p.lower() not in skip]
+        out.append(folders[-1] if folders else "")
+    return out

@@ -44,7 +44,7 @@ class ManifestTables:
 
 
 class ManifestError(ValueError):
-    """The folder yields no usable two-class dataset."""
+    """The folder yields no usable two-class dataset (or, with ``allow_one_class``, no usable image)."""
 
 
 def manifest_fingerprint(manifest: pd.DataFrame) -> str:
@@ -92,16 +92,20 @@ def _merge(manifest: pd.DataFrame, near_duplicates: bool, max_distance: int) -> 
     return manifest.assign(group=groups), merges
 
 
-def _check_classes(manifest: pd.DataFrame, layout_labels: set[int], skipped: pd.DataFrame, root: Path) -> None:
+def _check_classes(manifest: pd.DataFrame, layout_labels: set[int], skipped: pd.DataFrame, root: Path,
+                   allow_one_class: bool = False) -> None:
     names = {0: "real (label 0)", 1: "fake (label 1)"}
     if len(manifest) == 0:
         reasons = skipped["reason"].value_counts().head(5).to_dict()
         raise ManifestError(f"no usable images in {root}: {len(skipped)} file(s) skipped; most common reasons: "
                             f"{reasons or 'none (the folder has no image files)'}")
+    if allow_one_class:   # evaluation only: one class is enough
+        return
     if layout_labels != {0, 1}:
         present = " and ".join(names[label] for label in sorted(layout_labels))
         raise ManifestError(f"{root} is a one-class dataset: the layout only has {present} images; a detector "
-                            f"needs both real and fake images")
+                            f"needs both real and fake images (for evaluation, pass allow_one_class=True / use "
+                            f"`python -m lib.evaluate`)")
     present = set(manifest["label"].unique().tolist())
     for label in (0, 1):
         if label not in present:
@@ -112,23 +116,29 @@ def _check_classes(manifest: pd.DataFrame, layout_labels: set[int], skipped: pd.
 def build_manifest(root: str | Path, layout: str = "auto", cache_dir: str | Path | None = CACHE_DIR,
                    progress: bool = True, workers: int | None = None, max_pixels: int = MAX_PIXELS,
                    min_side: int = MIN_SIDE, group_regex: str = "", merge_near_duplicates: bool = True,
-                   near_duplicate_distance: int = NEAR_DUPLICATE_DISTANCE) -> tuple[pd.DataFrame, pd.DataFrame]:
+                   near_duplicate_distance: int = NEAR_DUPLICATE_DISTANCE,
+                   allow_one_class: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(manifest, skipped) of ``build_manifest_tables`` (same arguments)."""
     tables = build_manifest_tables(root, layout, cache_dir, progress, workers, max_pixels, min_side, group_regex,
-                                   merge_near_duplicates, near_duplicate_distance)
+                                   merge_near_duplicates, near_duplicate_distance, allow_one_class)
     return tables.manifest, tables.skipped
 
 
 def build_manifest_tables(root: str | Path, layout: str = "auto", cache_dir: str | Path | None = CACHE_DIR,
                           progress: bool = True, workers: int | None = None, max_pixels: int = MAX_PIXELS,
                           min_side: int = MIN_SIDE, group_regex: str = "", merge_near_duplicates: bool = True,
-                          near_duplicate_distance: int = NEAR_DUPLICATE_DISTANCE) -> ManifestTables:
+                          near_duplicate_distance: int = NEAR_DUPLICATE_DISTANCE,
+                          allow_one_class: bool = False) -> ManifestTables:
     """Manifest, skipped files and group merges of the dataset at ``root``.
 
     ``group_regex`` overrides the layout's groups (``lib.data.layouts.read_layout``). Groups sharing a byte-identical
     file are always merged; groups sharing near-duplicates (perceptual hashes within ``near_duplicate_distance``
     bits) too, unless ``merge_near_duplicates=False``. ``workers`` decoding threads (PIL and hashlib release the
     GIL); default: the number of CPU cores, at most 8. ``cache_dir=None`` disables the cache.
+
+    A manifest needs both classes (ManifestError otherwise) unless ``allow_one_class=True``: a one-class folder
+    (e.g. layout "real_only"/"fake_only") is valid for evaluating a trained detector, never for training one. An
+    empty manifest always raises.
     """
     root = Path(root).resolve()
     rows = read_layout(root, layout, group_regex=group_regex)
@@ -143,7 +153,7 @@ def build_manifest_tables(root: str | Path, layout: str = "auto", cache_dir: str
         skipped_path = cache_path.with_suffix(".skipped.parquet")
         if cache_path.exists() and skipped_path.exists():
             unmerged, skipped = read_table(cache_path), read_table(skipped_path)
-            _check_classes(unmerged, labels, skipped, root)
+            _check_classes(unmerged, labels, skipped, root, allow_one_class)
             manifest, merges = _merge(unmerged, merge_near_duplicates, near_duplicate_distance)
             return ManifestTables(manifest, skipped, merges)
 
@@ -167,7 +177,7 @@ def build_manifest_tables(root: str | Path, layout: str = "auto", cache_dir: str
     skipped = pd.concat([ignored, bad, conflicts], ignore_index=True)[SKIPPED_COLUMNS]
     skipped = skipped.astype({"path": str, "reason": str})
 
-    _check_classes(unmerged, labels, skipped, root)
+    _check_classes(unmerged, labels, skipped, root, allow_one_class)
     if cache_path is not None:   # cached before merging, so the merge settings can change without decoding again
         write_table(cache_path, unmerged)
         write_table(skipped_path, skipped)

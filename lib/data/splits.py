@@ -9,6 +9,24 @@ Order of decisions (each one only sees what the previous left):
 4. k folds over trainval. ``n_folds == 1``: one validation part of about ``val_ratio`` (fold 0); the other trainval
    rows get fold -1, i.e. training-only (fold 0's training part is "trainval rows with fold != 0", as for every fold).
 
+That is ``protocol="cv"`` (the default). ``protocol="own"`` keeps the dataset's own train/test split, which the layout
+readers record in the manifest's ``orig_split`` column (the split folder's name: train/training, val/valid/validation,
+test/testing, any case; "" = none):
+1. Source hold-out as above.
+2. Test part = the rows whose orig_split is a test name (``test_ratio`` is ignored); held-out sources among them are
+   "holdout". Training candidates = rows whose orig_split is a train or val name. Group-aware: a group with a row in
+   the test part never trains, its train/val rows are "unused" (near-duplicate merging can join groups across the
+   dataset's own split); rows with no recognised orig_split are "unused" too.
+3. Subsample as above (the own train and val parts separately, so both keep their share).
+4. If the candidates include the dataset's own validation part, it is fold 0's validation part and the training
+   rows get fold -1: one fold, ``n_folds`` is ignored (a group with a validation row never trains: its train rows are
+   "unused"). Otherwise k folds over the train part exactly as in step 4 above (``n_folds``, ``val_ratio``).
+
+``train_classes`` (either protocol; empty = no filter): folder names, compared case-insensitively with the folders of
+each training candidate's path below the folder all manifest paths share; a candidate with none of them is "unused".
+The test and holdout parts are never filtered. This is NPR's ForenSynths recipe: train on ProGAN's car, cat, chair and
+horse folders, test on every generator.
+
 Group folds: the group is the unit of inference, so groups (not images) are stratified. Each group's stratum is its
 label mix (real only, fake only, both) and, when every such stratum spans at least as many groups as there are
 folds, its set of sources too. Groups are dealt in a seeded random order (larger groups first) to the fold with the
@@ -22,8 +40,9 @@ the test hold-out or a validation part holds fewer than ``MIN_EVAL_GROUPS`` grou
 
 from __future__ import annotations
 
+import os
 import warnings
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Iterable
 
 import numpy as np
@@ -37,6 +56,10 @@ SPLIT_COLUMNS = ["sha256", "split", "fold"]
 ROLES = ("trainval", "test", "holdout", "unused")
 MIN_EVAL_GROUPS = 2   # fewer real (or fake) groups in an evaluation part make its numbers anecdotes
 _VERSION = 2   # bump when the algorithm changes, so cached tables are recomputed
+PROTOCOLS = ("cv", "own")
+TRAIN_SPLIT_NAMES = ("train", "training")        # orig_split values (any case) read by protocol="own"
+VAL_SPLIT_NAMES = ("val", "valid", "validation")
+TEST_SPLIT_NAMES = ("test", "testing")
 
 
 class SplitError(ValueError):
@@ -117,19 +140,81 @@ def _check_manifest(manifest: pd.DataFrame) -> None:
         raise SplitError("manifest must have a RangeIndex starting at 0 (use .reset_index(drop=True))")
 
 
+def _own_roles(manifest: pd.DataFrame) -> np.ndarray:
+    """Per row: "train", "val", "test" or "" from the manifest's orig_split column (the dataset's own split)."""
+    if "orig_split" not in manifest.columns:
+        return np.full(len(manifest), "", dtype=object)
+    lowered = manifest["orig_split"].fillna("").astype(str).str.strip().str.lower()
+    roles = np.full(len(manifest), "", dtype=object)
+    for role, names in (("train", TRAIN_SPLIT_NAMES), ("val", VAL_SPLIT_NAMES), ("test", TEST_SPLIT_NAMES)):
+        roles[lowered.isin(names).to_numpy()] = role
+    return roles
+
+
+def _folder_parts(manifest: pd.DataFrame) -> list[tuple[str, ...]]:
+    """Per row: the lower-cased folder names of its path below the folder that every manifest path shares."""
+    if "path" not in manifest.columns:
+        raise SplitError("train_classes needs the manifest's path column (folder names are read from the paths)")
+    parents = [PurePosixPath(str(p)).parent for p in manifest["path"]]
+    common = len(PurePosixPath(os.path.commonpath([p.as_posix() for p in parents])).parts) if parents else 0
+    return [tuple(part.lower() for part in p.parts[common:]) for p in parents]
+
+
+def _class_mask(folders: list[tuple[str, ...]], classes: list[str]) -> np.ndarray:
+    wanted = set(classes)
+    return np.array([not wanted.isdisjoint(parts) for parts in folders], dtype=bool)
+
+
+def _check_train_classes(folders: list[tuple[str, ...]], candidates: np.ndarray, classes: list[str]) -> None:
+    """SplitError naming every train_classes folder that no training candidate's path has."""
+    seen = {part for i in np.flatnonzero(candidates) for part in folders[i]}
+    missing = [c for c in classes if c not in seen]
+    if missing:
+        listed = sorted(seen)
+        shown = ", ".join(listed[:40]) + (f", ... ({len(listed)} in all)" if len(listed) > 40 else "")
+        raise SplitError(f"train_classes {missing}: no training image has any of these folder names in its path "
+                         f"(compared case-insensitively); folders in the training images' paths: {shown or 'none'}")
+
+
+def _cv_folds(trainval: pd.DataFrame, n_folds: int, val_ratio: float, seed: int) -> np.ndarray:
+    """Fold of each trainval row: k group folds, or for ``n_folds == 1`` one validation part (fold 0, the rest -1)."""
+    if n_folds >= 2:
+        folds = _group_folds(trainval, n_folds, seed, f"{n_folds}-fold cross-validation")
+        _check_folds(trainval["label"].to_numpy(), folds, range(n_folds), f"n_folds={n_folds}")
+        return folds
+    n_splits = max(2, round(1 / val_ratio))
+    candidate_folds = _group_folds(trainval, n_splits, seed, f"validation split (val_ratio={val_ratio})")
+    labels = trainval["label"].to_numpy()
+    chosen = next((f for f in range(n_splits) if _has_both_labels(pd.Series(labels[candidate_folds == f]))
+                   and _has_both_labels(pd.Series(labels[candidate_folds != f]))), None)
+    if chosen is None:
+        raise SplitError(f"no validation part of val_ratio={val_ratio} holds both classes; try a larger val_ratio")
+    return np.where(candidate_folds == chosen, 0, -1)
+
+
 # --- main entry ---------------------------------------------------------------------------------------------
 
 def make_splits(manifest: pd.DataFrame, n_folds: int = 5, test_ratio: float = 0.2, val_ratio: float = 0.1,
                 seed: int = 42, subsample: float = 1.0, holdout_sources: Iterable[str] = (),
-                cache_dir: str | Path | None = CACHE_DIR) -> pd.DataFrame:
+                cache_dir: str | Path | None = CACHE_DIR, protocol: str = "cv",
+                train_classes: Iterable[str] = ()) -> pd.DataFrame:
     """Split table aligned with ``manifest``: sha256, split (trainval/test/holdout/unused), fold (-1 if none).
 
-    Saved as ``cache_dir/splits/<key>.csv`` (key = hash of the manifest fingerprint and these parameters) and
-    reloaded from there when present; ``cache_dir=None`` disables the cache. Warns (``SplitWarning``) when the test
-    hold-out or a validation part holds fewer than ``MIN_EVAL_GROUPS`` real or fake groups.
+    ``protocol``: "cv" (group-aware test hold-out of ``test_ratio`` and k folds) or "own" (the dataset's own
+    train/val/test split from the manifest's ``orig_split`` column; ``test_ratio`` is ignored, and so is ``n_folds``
+    when the dataset has its own validation part). ``train_classes``: folder names the training part is restricted to
+    (module docstring). Saved as ``cache_dir/splits/<key>.csv`` (key = hash of the manifest fingerprint and these
+    parameters) and reloaded from there when present; ``cache_dir=None`` disables the cache. Warns
+    (``SplitWarning``) when the test hold-out or a validation part holds fewer than ``MIN_EVAL_GROUPS`` real or fake
+    groups.
     """
     _check_manifest(manifest)
     holdout_sources = sorted(set(holdout_sources))
+    if protocol not in PROTOCOLS:
+        raise SplitError(f"unknown protocol {protocol!r}; choose one of {', '.join(map(repr, PROTOCOLS))}")
+    if isinstance(train_classes, str):   # one folder name, not its letters
+        train_classes = [train_classes]
+    classes = sorted({str(c).strip().lower() for c in train_classes} - {""})
     if not (isinstance(n_folds, (int, np.integer)) and n_folds >= 1):
         raise SplitError(f"n_folds must be an integer >= 1, got {n_folds!r}")
     if not 0 <= test_ratio <= 0.5:
@@ -142,12 +227,23 @@ def make_splits(manifest: pd.DataFrame, n_folds: int = 5, test_ratio: float = 0.
     if unknown:
         raise SplitError(f"holdout source(s) {sorted(unknown)} not in the manifest; sources are "
                          f"{sorted(manifest['source'].unique())}")
+    roles = _own_roles(manifest) if protocol == "own" else None
+    if roles is not None and not (roles == "test").any():
+        raise SplitError("this dataset has no own test split (orig_split); use protocol='cv'")
+    folders = _folder_parts(manifest) if classes else None
 
     params = {"n_folds": int(n_folds), "test_ratio": float(test_ratio), "val_ratio": float(val_ratio),
               "seed": int(seed), "subsample": float(subsample), "holdout_sources": holdout_sources}
+    # only a non-default protocol or class filter enters the key, so "cv" tables keep the keys they always had; the
+    # manifest fingerprint covers neither orig_split nor the paths, so what they decide enters the key too
+    extra: dict = {}
+    if protocol != "cv" or classes:
+        extra = {"protocol": protocol, "train_classes": classes,
+                 "own_roles": stable_hash(roles.tolist()) if roles is not None else "",
+                 "class_mask": stable_hash(_class_mask(folders, classes).astype(int).tolist()) if classes else ""}
     cache_path = None
     if cache_dir is not None:
-        key = stable_hash({"version": _VERSION, "manifest": manifest_fingerprint(manifest), **params})
+        key = stable_hash({"version": _VERSION, "manifest": manifest_fingerprint(manifest), **params, **extra})
         cache_path = Path(cache_dir) / "splits" / f"{key}.csv"
         if cache_path.exists():
             cached = read_table(cache_path)
@@ -156,7 +252,7 @@ def make_splits(manifest: pd.DataFrame, n_folds: int = 5, test_ratio: float = 0.
                 _warn_few_groups(manifest, splits)
                 return splits
 
-    splits = _compute_splits(manifest, **params)
+    splits = _compute_splits(manifest, **params, own_roles=roles, train_classes=classes, folders=folders)
     if cache_path is not None:
         write_table(cache_path, splits)
     _warn_few_groups(manifest, splits)
@@ -175,14 +271,17 @@ def _warn_few_groups(manifest: pd.DataFrame, splits: pd.DataFrame) -> None:
 
 
 def _compute_splits(manifest: pd.DataFrame, n_folds: int, test_ratio: float, val_ratio: float, seed: int,
-                    subsample: float, holdout_sources: list[str]) -> pd.DataFrame:
+                    subsample: float, holdout_sources: list[str], own_roles: np.ndarray | None = None,
+                    train_classes: list[str] = (), folders: list[tuple[str, ...]] | None = None) -> pd.DataFrame:
+    """The split table; ``own_roles`` (``_own_roles``) selects protocol "own", None protocol "cv"."""
     n = len(manifest)
     split = np.full(n, "unused", dtype=object)
     fold = np.full(n, -1, dtype=np.int64)
     held_source = manifest["source"].isin(holdout_sources).to_numpy()
+    groups = manifest["group"].to_numpy()
 
     # 1. groups made only of held-out sources
-    pure_holdout = pd.Series(held_source).groupby(manifest["group"].to_numpy()).transform("all").to_numpy()
+    pure_holdout = pd.Series(held_source).groupby(groups).transform("all").to_numpy()
     split[pure_holdout] = "holdout"
 
     # 2. test hold-out over the remaining groups
@@ -190,7 +289,11 @@ def _compute_splits(manifest: pd.DataFrame, n_folds: int, test_ratio: float, val
     if len(rest) == 0:
         raise SplitError("every group belongs to a held-out source: nothing is left to train on")
     in_test = np.zeros(n, dtype=bool)
-    if test_ratio > 0:
+    if own_roles is not None:   # the dataset's own test part; a group with a test row never trains
+        in_test = (own_roles == "test") & ~pure_holdout
+        evaluated = np.isin(groups, pd.unique(groups[in_test | pure_holdout]))
+        candidates = np.isin(own_roles, ["train", "val"]) & ~evaluated & ~held_source
+    elif test_ratio > 0:
         n_splits = max(2, round(1 / test_ratio))
         frame = manifest.iloc[rest]
         test_folds = _group_folds(frame, n_splits, seed, f"test hold-out (test_ratio={test_ratio})")
@@ -203,31 +306,57 @@ def _compute_splits(manifest: pd.DataFrame, n_folds: int, test_ratio: float, val
         in_test[rest[test_folds == chosen]] = True
     split[in_test & held_source] = "holdout"
     split[in_test & ~held_source] = "test"
-    candidates = ~pure_holdout & ~in_test & ~held_source   # held-out sources in training groups stay "unused"
+    if own_roles is None:
+        candidates = ~pure_holdout & ~in_test & ~held_source   # held-out sources in training groups stay "unused"
 
-    # 3. subsample of the trainval part
+    # 2b. training restricted to the train_classes folders (test and holdout are never filtered)
+    if train_classes:
+        _check_train_classes(folders, candidates, train_classes)
+        candidates = candidates & _class_mask(folders, train_classes)
+    own_val = np.zeros(n, dtype=bool)
+    if own_roles is not None:   # the dataset's own validation part: a group with a validation row never trains
+        own_val = candidates & (own_roles == "val")
+        candidates = candidates & ~(np.isin(groups, pd.unique(groups[own_val])) & ~own_val)
+    if not candidates.any():
+        if own_roles is not None:
+            raise SplitError("no training images remain: protocol 'own' trains on the images whose orig_split is "
+                             "train/training or val/valid/validation and whose group has no test image, less the "
+                             "held-out sources and the folders outside train_classes; this dataset has none")
+        raise SplitError("no training images remain after the test hold-out, the source hold-out and train_classes")
+
+    # 3. subsample of the trainval part (the own validation part on its own, so it keeps its share)
     idx = np.flatnonzero(candidates)
     if subsample < 1:
-        idx = idx[_subsample_groups(manifest.iloc[idx], subsample, seed)]
+        if own_val.any():
+            parts = [np.flatnonzero(candidates & ~own_val), np.flatnonzero(own_val)]
+            idx = np.sort(np.concatenate([p[_subsample_groups(manifest.iloc[p], subsample, seed)] for p in parts]))
+        else:
+            idx = idx[_subsample_groups(manifest.iloc[idx], subsample, seed)]
     split[idx] = "trainval"
     trainval = manifest.iloc[idx]
     if not _has_both_labels(trainval["label"]):
-        raise SplitError("the training part holds only one class after the test hold-out, source hold-out and "
-                         "subsample; use a larger subsample or fewer held-out sources")
+        if own_roles is None and not train_classes:
+            raise SplitError("the training part holds only one class after the test hold-out, source hold-out and "
+                             "subsample; use a larger subsample or fewer held-out sources")
+        only = "real" if int(trainval["label"].iloc[0]) == 0 else "fake"
+        first = "dataset's own test split" if own_roles is not None else "test hold-out"
+        raise SplitError(f"the training part holds only one class ({only} images) after the {first}, source "
+                         f"hold-out, train_classes {list(train_classes)} and subsample; a detector needs both real "
+                         f"and fake training images")
 
-    # 4. folds
-    if n_folds >= 2:
-        folds = _group_folds(trainval, n_folds, seed, f"{n_folds}-fold cross-validation")
-        _check_folds(trainval["label"].to_numpy(), folds, range(n_folds), f"n_folds={n_folds}")
-    else:
-        n_splits = max(2, round(1 / val_ratio))
-        candidate_folds = _group_folds(trainval, n_splits, seed, f"validation split (val_ratio={val_ratio})")
+    # 4. folds: the dataset's own validation part, else group folds over the training part
+    if own_val.any():
+        folds = np.where(own_val[idx], 0, -1)
         labels = trainval["label"].to_numpy()
-        chosen = next((f for f in range(n_splits) if _has_both_labels(pd.Series(labels[candidate_folds == f]))
-                       and _has_both_labels(pd.Series(labels[candidate_folds != f]))), None)
-        if chosen is None:
-            raise SplitError(f"no validation part of val_ratio={val_ratio} holds both classes; try a larger val_ratio")
-        folds = np.where(candidate_folds == chosen, 0, -1)
+        for part, mask in (("validation", folds == 0), ("training", folds != 0)):
+            present = set(np.unique(labels[mask]).tolist())
+            if present != {0, 1}:
+                missing = "images" if not present else "fake images" if 1 not in present else "real images"
+                raise SplitError(f"the dataset's own {part} part (orig_split "
+                                 f"{'val/valid/validation' if part == 'validation' else 'train/training'}) has no "
+                                 f"{missing} after the test part, source hold-out, train_classes and subsample")
+    else:
+        folds = _cv_folds(trainval, n_folds, val_ratio, seed)
     fold[idx] = folds
     return pd.DataFrame({"sha256": manifest["sha256"].astype(str).to_numpy(), "split": split.astype(str),
                          "fold": fold})

@@ -37,13 +37,16 @@ def open_study(data_root: str = "", layout: str = "auto", embedded_preset: str =
                n_folds: int = 5, test_ratio: float = 0.2, val_ratio: float = 0.1, subsample: float = 1.0,
                holdout_sources: tuple[str, ...] = (), embedded_overrides: dict | None = None,
                group_regex: str = "", merge_near_duplicates: bool = True,
-               near_duplicate_distance: int = NEAR_DUPLICATE_DISTANCE) -> Study:
-    """The dataset (``lib.data.dataset.load_dataset``) and its split table (``lib.data.splits.make_splits``)."""
+               near_duplicate_distance: int = NEAR_DUPLICATE_DISTANCE, protocol: str = "cv",
+               train_classes: tuple[str, ...] = ()) -> Study:
+    """The dataset (``lib.data.dataset.load_dataset``) and its split table (``lib.data.splits.make_splits``;
+    ``protocol`` "cv" or "own", ``train_classes`` the folders training is restricted to)."""
     ds = load_dataset(data_root, layout, embedded_preset, seed=seed, embedded_overrides=embedded_overrides,
                       group_regex=group_regex, merge_near_duplicates=merge_near_duplicates,
                       near_duplicate_distance=near_duplicate_distance)
     splits = make_splits(ds.manifest, n_folds=n_folds, test_ratio=test_ratio, val_ratio=val_ratio, seed=seed,
-                         subsample=subsample, holdout_sources=tuple(holdout_sources))
+                         subsample=subsample, holdout_sources=tuple(holdout_sources), protocol=protocol,
+                         train_classes=tuple(train_classes))
     return Study(ds, splits)
 
 
