@@ -43,7 +43,8 @@ KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=ERROR"]
 # and tables (03 -> 04 -> 05 -> 06, and 07 reads Phase 2 and 3's fold tables). The dataset is no edge: whichever
 # notebook comes first builds it while the others wait on its lock. A notebook not listed waits for every earlier one.
 NEEDS = {"01": set(), "02": set(), "03": set(), "04": {"02", "03"}, "05": {"04"}, "06": {"05"}, "07": {"04", "05"},
-         "08": set(), "09": {"04"}, "11": set()}  # 09 reuses the baseline runs of 04's source hold-out
+         "08": set(), "09": {"04"}, "10": {"06", "08"}, "11": set()}
+# 09 reuses the baseline runs of 04's source hold-out; 10 scores the saved final models of 06 and NPR arms of 08
 # Smoke runs train in a second or two: starting worker processes (each imports torch, ~10 s on a slow machine)
 # would cost more than it saves; notebooks side by side use the cores instead.
 PROFILE_EXECUTOR = {"smoke": "local"}
