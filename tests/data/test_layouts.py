@@ -161,3 +161,12 @@ def test_group_regex_errors_are_clear(generic_tree):
         read_layout(generic_tree, group_regex=r"(img")
     with pytest.raises(LayoutError, match="does not match 'test/fake/"):
         read_layout(generic_tree, group_regex=r"^train/.*(img\d)")
+
+
+def test_content_classes_are_the_innermost_folder_that_is_neither_split_nor_class(tmp_path):
+    from lib.data.layouts import content_classes
+
+    paths = [tmp_path / "cifar10" / "cat" / "1.png", tmp_path / "test" / "progan" / "car" / "0_real" / "2.png",
+             tmp_path / "test" / "biggan" / "1_fake" / "3.png", tmp_path / "train" / "REAL" / "4.png",
+             tmp_path / "5.png"]
+    assert content_classes(paths, tmp_path) == ["cat", "car", "biggan", "", ""]
