@@ -1,6 +1,7 @@
 #!/usr/bin/env python
-"""The run store and the evaluate command on a GPU (benchmarks/device_check.py covers the models and the trainer): training under each mixed-precision mode, inference, the evaluate
-command's scoring (clean and perturbed), and that CPU and GPU agree on the same weights.
+"""The run store and the evaluate command on a GPU (benchmarks/device_check.py covers the models and the trainer):
+training under each mixed-precision mode, inference, the evaluate command's scoring (clean and perturbed), and that
+CPU and GPU agree on the same weights.
 
     python benchmarks/device_check_runs.py [--out DIR]
 
