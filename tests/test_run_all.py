@@ -91,15 +91,16 @@ def _fake_store(monkeypatch, tmp_path):
 
 
 def test_prerequisites_follow_needs_and_default_to_every_earlier_notebook():
-    nbs = [Path(f"{n}_x.ipynb") for n in ("01", "02", "03", "04", "08", "10")]
+    nbs = [Path(f"{n}_x.ipynb") for n in ("01", "02", "03", "04", "08", "12")]
     needs = run_all.prerequisites(nbs)
     assert needs["01"] == set() and needs["03"] == set() and needs["04"] == {"02", "03"} and needs["08"] == set()
-    assert needs["10"] == {"01", "02", "03", "04", "08"}  # a new notebook waits for all before it
+    assert needs["12"] == {"01", "02", "03", "04", "08"}  # a new (unlisted) notebook waits for all before it
     assert run_all.prerequisites([Path("04_x.ipynb"), Path("05_x.ipynb")]) == {"04": set(), "05": {"04"}}
-    # most waited on first (02 and 03: 04 and 10), ties by number
-    assert run_all.start_order(needs) == ["02", "03", "01", "04", "08", "10"]
+    # most waited on first (02 and 03: 04 and 12), ties by number
+    assert run_all.start_order(needs) == ["02", "03", "01", "04", "08", "12"]
+    assert run_all.prerequisites([Path(f"{n}_x.ipynb") for n in ("06", "08", "10")])["10"] == {"06", "08"}
     full = run_all.prerequisites(run_all.numbered_notebooks())
-    assert run_all.start_order(full)[:2] == ["02", "03"] and set(run_all.start_order(full)[-4:]) == {"07", "08", "09", "11"}
+    assert run_all.start_order(full)[:2] == ["02", "03"] and set(run_all.start_order(full)[-4:]) == {"07", "09", "10", "11"}
 
 
 def test_notebooks_run_side_by_side_only_once_their_inputs_are_done(monkeypatch, tmp_path):
