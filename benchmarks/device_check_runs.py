@@ -38,9 +38,47 @@ def _dataset(root: Path, n: int = 96, size: int = 48) -> None:
             Image.fromarray(pixels).save(path)
 
 
+def _worker_sees(_job: int) -> dict:
+    """What a Ray task sees: the GPU Ray assigned to it."""
+    import os
+
+    return {"CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", ""), "cuda": torch.cuda.is_available()}
+
+
+def ray_section(ds, splits, tmp: Path) -> dict:
+    """The Ray executor on this machine: the GPU resource a local instance reports, what each task sees, and a run
+    grid trained through `run_cv_many` on Ray against the same grid on the local executor."""
+    try:
+        import ray
+    except ImportError:
+        return {"skipped": "ray is not installed"}
+    from lib.data.recipes import Recipe
+    from lib.executors import LocalExecutor, RayExecutor
+    from lib.training.fit import TrainConfig
+    from lib.training.runstore import CVJob, run_cv_many
+
+    executor = RayExecutor(workers=4)
+    seen = executor.run(_worker_sees, list(range(4)), progress=False)
+    from lib.executors import gpu_share
+
+    out = {"cluster_resources": {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")},
+           "gpu_share_per_task": gpu_share(ray.cluster_resources()), "tasks_see": seen}
+    jobs = [CVJob(Recipe(size=32), model, TrainConfig(epochs=3, batch_size=16, lr=1e-3, seed=0, patience=3))
+            for model in ("simple_cnn", "resnet18")]
+    for name, chosen in (("ray", executor), ("local", LocalExecutor())):
+        start = time.perf_counter()
+        tables = run_cv_many(ds, splits, jobs, runs_dir=tmp / f"runs_{name}", cache_dir=tmp / "cache",
+                             progress=False, executor=chosen)
+        out[f"{name}_seconds"] = round(time.perf_counter() - start, 2)
+        out[f"{name}_test_auc"] = [round(float(v), 4) for t in tables for v in t["test_auc"]]
+    executor.shutdown()
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="", help="folder for gpu_check.json")
+    parser.add_argument("--ray", action="store_true", help="also the Ray executor on this machine's GPU")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("no CUDA device: nothing to check", file=sys.stderr)
@@ -91,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
                 tolerance = 1e-3 if amp == "off" else 5e-2
                 if not row["finite_losses"] or row["cpu_vs_saved_gpu_max_diff"] > tolerance:
                     record["failures"].append(f"{model} amp={amp}: {row}")
+        if args.ray:
+            record["ray"] = ray_section(ds, splits, tmp)
+            if "skipped" not in record["ray"] and not all(t["cuda"] for t in record["ray"]["tasks_see"]):
+                record["failures"].append(f"a Ray task saw no GPU: {record['ray']['tasks_see']}")
         # inference speed of a torchvision backbone, fp32 against bf16 autocast
         from lib.models import create_model
         net = create_model("resnet18").cuda().eval()

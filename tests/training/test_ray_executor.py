@@ -10,7 +10,7 @@ import pytest
 
 import lib.training.runstore as runstore
 from lib.data.recipes import Recipe
-from lib.executors import LocalExecutor, RayExecutor, get_executor
+from lib.executors import LocalExecutor, RayExecutor, get_executor, gpu_share
 from lib.training.fit import TrainConfig
 from lib.training.runstore import RunSpec, collect_predictions, is_complete, load_model
 
@@ -102,3 +102,10 @@ def test_ray_from_the_environment(monkeypatch):
     monkeypatch.setenv("FAKEDET_WORKERS", "1")
     executor = get_executor()
     assert isinstance(executor, RayExecutor) and executor.workers == 1  # a single CPU still runs on Ray
+
+
+def test_ray_tasks_share_the_gpus_over_the_cpus_at_most_one_each():
+    assert gpu_share({"CPU": 4.0}) == 0.0                      # no GPU: CPU-only tasks
+    assert gpu_share({"CPU": 4.0, "GPU": 1.0}) == 0.25         # one GPU, four tasks side by side on it
+    assert gpu_share({"CPU": 64.0, "GPU": 8.0}) == 0.125
+    assert gpu_share({"CPU": 2.0, "GPU": 4.0}) == 1.0          # never more than one GPU per run
