@@ -784,30 +784,27 @@ def npr_map_figure(examples: pd.DataFrame, images: np.ndarray, scales: Sequence[
                                "(channel mean of x - up(down(x, s)))", path=path)
 
 
-def evaluate_external(cv: pd.DataFrame, dataset: Any, recipe: Any, by: str = "condition",
-                      extra: Sequence[str] = (), runs_dir: str | Path = RUNS_DIR, batch_size: int = 128,
-                      progress: bool = True, cache_dir: str | Path | None = None) -> pd.DataFrame:
+def evaluate_external(cv: pd.DataFrame, dataset: Any, by: str = "condition", extra: Sequence[str] = (),
+                      runs_dir: str | Path = RUNS_DIR, progress: bool = True,
+                      cache_dir: str | Path | None = None) -> pd.DataFrame:
     """Score every fold model of `cv` on an external dataset (`lib.data.Dataset`, any layout).
 
-    Decodes the external images once with the runs' `recipe` (tensor cache), loads each checkpoint
-    (`lib.training.runstore.load_model`) with its training normalisation and predicts. Returns prediction rows like the run
-    store's (run_key, model, by, fold, row, path, label, source, group, probability) with split = "external" and the
-    `extra` columns of `cv` copied.
+    Each run is scored the way the evaluate command scores it (`lib.training.scoring`): its own recipe (the external
+    images are decoded once per recipe into the tensor cache), its training normalisation, batch size and threads.
+    Returns prediction rows like the run store's (run_key, model, by, fold, row, path, label, source, group,
+    probability) with split = "external" and the `extra` columns of `cv` copied.
     """
-    from lib.data.cache import build_cache
-    from lib.training.fit import predict
+    from lib.paths import CACHE_DIR
+    from lib.training.scoring import load_detector, score_images
 
     manifest = dataset.manifest
     if manifest.empty:
         raise ValueError(f"external dataset {dataset.root} holds no usable image")
-    images = build_cache(manifest, recipe, progress=progress, **({} if cache_dir is None else {"cache_dir": cache_dir}))
-    base = manifest[[c for c in ("path", "label", "source", "group") if c in manifest.columns]].reset_index(drop=True)
-    base.insert(0, "row", np.arange(len(manifest), dtype=np.int64))
     frames = []
     for _, run in tqdm(list(cv.drop_duplicates("run_key").iterrows()), desc="external", disable=not progress):
-        model, mean, std = _load(run["run_key"], runs_dir)
-        prob = predict(model, images, np.arange(len(manifest)), batch_size=batch_size, mean=mean, std=std)
-        frame = base.assign(probability=prob, split="external", fold=int(run["fold"]))
+        detector = load_detector(run["run_key"], runs_dir)
+        frame = score_images(detector, manifest, CACHE_DIR if cache_dir is None else cache_dir, progress=False)
+        frame = frame.assign(split="external", fold=int(run["fold"]))
         for col in ("run_key", "model", by, *extra):
             frame[col] = run[col]
         frames.append(frame)

@@ -378,7 +378,7 @@ def test_arms_attention_and_external_set_through_the_run_store(tiny_study, gener
 
     manifest, _ = build_manifest(generic_tree, layout="generic", cache_dir=tmp_path / "manifests", progress=False)
     external = SimpleNamespace(root=generic_tree, manifest=manifest)
-    ext = na.evaluate_external(cv.assign(part="H2"), external, recipe, extra=["part"], runs_dir=s.runs,
+    ext = na.evaluate_external(cv.assign(part="H2"), external, extra=["part"], runs_dir=s.runs,
                                progress=False, cache_dir=s.cache)
     assert len(ext) == len(cv) * len(manifest) and (ext["split"] == "external").all() and set(ext["part"]) == {"H2"}
     assert ext["probability"].between(0, 1).all()
@@ -399,7 +399,7 @@ def test_arms_attention_and_external_set_through_the_run_store(tiny_study, gener
 def test_external_set_must_not_be_empty(tiny_study):
     empty = SimpleNamespace(root="nowhere", manifest=tiny_study.dataset.manifest.iloc[:0])
     with pytest.raises(ValueError, match="no usable image"):
-        na.evaluate_external(pd.DataFrame({"run_key": []}), empty, Recipe(size=16))
+        na.evaluate_external(pd.DataFrame({"run_key": []}), empty)
 
 
 # ----------------------------------------------------------------------------- notebook steps
