@@ -256,7 +256,7 @@ def robustness_figure(table: pd.DataFrame, metric: str = "auc", path: str | Path
         for detector, frame in part[part["kind"] == kind].groupby("detector", sort=False):
             frame = frame.sort_values("severity")
             ax.plot(frame["severity"], frame["estimate"], marker="o", label=detector)
-            ax.fill_between(frame["severity"], frame["ci_low"], frame["ci_high"], alpha=0.15)
+            ax.fill_between(frame["severity"], frame["ci_low"], frame["ci_high"], alpha=0.08)
         ax.set_title({"jpeg": "JPEG quality", "blur": "Gaussian blur sigma (px)", "resize": "down-up resize factor",
                       "noise": "Gaussian noise sigma (0-255)"}[kind])
         if kind in ("jpeg", "resize"):
@@ -264,9 +264,11 @@ def robustness_figure(table: pd.DataFrame, metric: str = "auc", path: str | Path
         ax.axhline(0.5, color="grey", lw=0.8, ls=":")
         ax.set_xlabel("severity (stronger to the right)")
     axes[0][0].set_ylabel(metric.upper())
-    axes[0][-1].legend(fontsize=7, loc="lower left")
-    fig.suptitle(f"Test hold-out {metric.upper()} under test-time perturbations (95 % intervals over groups)")
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    rows = math.ceil(len(labels) / 4)
+    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8, frameon=False)
+    fig.suptitle(f"Test hold-out {metric.upper()} under test-time perturbations (bands: 95 % intervals over groups)")
+    fig.tight_layout(rect=(0, 0.06 * rows + 0.02, 1, 1))
     return save(fig, path)
 
 
