@@ -142,3 +142,22 @@ def test_the_npr_authors_checkpoint_layout_loads_into_npr(trained, tmp_path):
     with torch.no_grad():
         expected = torch.sigmoid(reference(x)).item()
     assert predictions["probability"].iloc[0] == pytest.approx(expected, abs=1e-5)
+
+
+def test_a_torchvision_checkpoint_with_one_logit_loads_and_an_imagenet_head_does_not(trained, tmp_path, capsys):
+    """CNNDetection (Wang et al. 2020) publishes torchvision ResNets with a one-logit head, wrapped as {"model": ...}."""
+    import torchvision
+
+    study, _ = trained
+    root = tmp_path / "generic"
+    for i in range(3):
+        _png(root / "real" / f"r{i}.png", False, i)
+        _png(root / "fake" / f"f{i}.png", True, 10 + i)
+    wrapped = tmp_path / "blur_jpg_prob0.5.pth"
+    torch.save({"model": torchvision.models.resnet18(num_classes=1).state_dict()}, wrapped)
+    assert _run(study, str(wrapped), root, tmp_path / "ok", "--model", "resnet18", "--size", "16",
+                "--mode", "center_crop") == 0
+    imagenet = tmp_path / "resnet18-imagenet.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), imagenet)   # a 1000-class head: not a detector
+    assert _run(study, str(imagenet), root, tmp_path / "bad", "--model", "resnet18", "--size", "16") == 2
+    assert "shape mismatch" in capsys.readouterr().err
