@@ -27,6 +27,13 @@ def _png(path: Path, fake: bool, seed: int) -> None:
     Image.fromarray(pixels).save(path)
 
 
+def _generic_folder(root: Path, n: int = 3) -> Path:
+    for i in range(n):
+        _png(root / "real" / f"r{i}.png", False, i)
+        _png(root / "fake" / f"f{i}.png", True, 10 + i)
+    return root
+
+
 @pytest.fixture
 def trained(study):
     """One simple_cnn run of the tiny study (fakes brighter), in the test's own run store."""
@@ -94,10 +101,7 @@ def test_a_fake_only_generic_folder_gives_the_detection_rate(trained, tmp_path):
 
 def test_missing_run_empty_folder_and_wrong_checkpoint_are_clear_errors(trained, tmp_path, capsys):
     study, key = trained
-    root = tmp_path / "generic"
-    for i in range(3):
-        _png(root / "real" / f"r{i}.png", False, i)
-        _png(root / "fake" / f"f{i}.png", True, 10 + i)
+    root = _generic_folder(tmp_path / "generic")
     assert _run(study, "0123456789abcdef", root, tmp_path / "o1") == 2
     assert "no run '0123456789abcdef'" in capsys.readouterr().err
     (tmp_path / "empty" / "real").mkdir(parents=True)
@@ -126,10 +130,7 @@ def test_the_npr_authors_checkpoint_layout_loads_into_npr(trained, tmp_path):
     assert "fc1.weight" in authors and "conv1.weight" in authors
     checkpoint = tmp_path / "NPR.pth"
     torch.save(authors, checkpoint)
-    root = tmp_path / "generic"
-    for i in range(3):
-        _png(root / "real" / f"r{i}.png", False, i)
-        _png(root / "fake" / f"f{i}.png", True, 10 + i)
+    root = _generic_folder(tmp_path / "generic")
     out = tmp_path / "out"
     assert _run(study, str(checkpoint), root, out, "--model", "npr", "--size", "16") == 0
     record = json.loads((out / "metrics.json").read_text())
@@ -149,10 +150,7 @@ def test_a_torchvision_checkpoint_with_one_logit_loads_and_an_imagenet_head_does
     import torchvision
 
     study, _ = trained
-    root = tmp_path / "generic"
-    for i in range(3):
-        _png(root / "real" / f"r{i}.png", False, i)
-        _png(root / "fake" / f"f{i}.png", True, 10 + i)
+    root = _generic_folder(tmp_path / "generic")
     wrapped = tmp_path / "blur_jpg_prob0.5.pth"
     torch.save({"model": torchvision.models.resnet18(num_classes=1).state_dict()}, wrapped)
     assert _run(study, str(wrapped), root, tmp_path / "ok", "--model", "resnet18", "--size", "16",
