@@ -292,9 +292,9 @@ def conclusions(unseen: pd.DataFrame, family: pd.DataFrame, external: Sequence[p
             lines.append(f"{row['detector']} never saw {generator} in training: it detects its fakes at a rate of "
                          f"{_ci(row)} at its validation threshold ({row['fake_groups']} fake groups).")
         if len(seen) and len(never):
-            lines.append(f"The {len(seen)} detectors trained on {generator} detect its fakes in new photographs at a "
-                         f"median rate of {seen['estimate'].median():.3f} (range {seen['estimate'].min():.3f} to "
-                         f"{seen['estimate'].max():.3f}).")
+            lines.append(f"The {len(seen)} detectors trained on {generator} detect its fakes that none of their fold "
+                         f"models trained on at a median rate of {seen['estimate'].median():.3f} (range "
+                         f"{seen['estimate'].min():.3f} to {seen['estimate'].max():.3f}).")
     if len(family):
         verdicts = family["verdict"].value_counts().to_dict()
         lines.append(f"Robustness: of {len(family)} pre-registered claims 'AUC drops from clean to the strongest "
