@@ -19,12 +19,10 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-import pandas as pd
-
 from lib.data.dataset import load_dataset
 from lib.data.layouts import content_classes
-from lib.data.recipes import MODES, Recipe
-from lib.evaluation.compare import N_BOOT
+from lib.data.recipes import MODES
+from lib.evaluation.compare import N_BOOT, group_counts
 from lib.evaluation.transfer import folder_metrics, per_generator, per_level
 from lib.fileio import write_json, write_table
 from lib.paths import CACHE_DIR, RUNS_DIR
@@ -43,17 +41,14 @@ def evaluate_folder(detector: Detector, data_root: str | Path, out: str | Path, 
     predictions["content"] = content_classes(predictions["path"], dataset.root)
     main_threshold = detector.thresholds.get("validation", 0.5)
     metrics = folder_metrics(predictions, detector.thresholds, n_boot)
-    generators = per_generator(predictions, main_threshold, n_boot) if (predictions["label"] == 1).any() else pd.DataFrame()
+    generators = per_generator(predictions, main_threshold, n_boot)   # empty for a real-only folder
     sources = per_level(predictions, "source", main_threshold, n_boot)
     contents = per_level(predictions, "content", main_threshold, n_boot)
-    counts = predictions.groupby("label")["group"].nunique()
     record = {
         "detector": {"name": detector.name, "origin": detector.origin, "run_key": detector.run_key,
                      "recipe": detector.recipe.to_dict(), "thresholds": detector.thresholds},
         "data": {"root": str(dataset.root), "layout": dataset.layout, "images": int(len(predictions)),
-                 "real_images": int((predictions["label"] == 0).sum()),
-                 "fake_images": int((predictions["label"] == 1).sum()),
-                 "real_groups": int(counts.get(0, 0)), "fake_groups": int(counts.get(1, 0)), "skipped": int(len(skipped))},
+                 **group_counts(predictions), "skipped": int(len(skipped))},
         "metrics": metrics.to_dict("records"), "per_generator": generators.to_dict("records"),
         "per_source": sources.to_dict("records"), "per_content": contents.to_dict("records"),
     }
@@ -103,14 +98,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    recipe = None
-    if args.size or args.mode:
-        from lib.models.registry import model_info
-        info = model_info(args.model) if args.model else {"input_size": 224, "family": ""}
-        recipe = Recipe(size=args.size or int(info["input_size"]),
-                        mode=args.mode or ("native_crop" if info["family"] == "npr" else "resize"))
     try:
-        detector = load_detector(args.run, args.runs_dir, model=args.model, recipe=recipe)
+        detector = load_detector(args.run, args.runs_dir, model=args.model, size=args.size, mode=args.mode)
         record = evaluate_folder(detector, args.data_root, args.out, args.layout, args.group_regex, args.n_boot,
                                  progress=not args.no_progress, device=args.device, cache_dir=args.cache_dir)
     except (FileNotFoundError, ValueError) as exc:   # missing run, wrong checkpoint, empty or unreadable folder

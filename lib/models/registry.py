@@ -124,11 +124,30 @@ def model_info(name: str) -> dict[str, Any]:
     }
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+# Keys under which training scripts commonly save the state dict inside a checkpoint dict.
+STATE_DICT_WRAPPERS = ("state_dict", "model", "model_state_dict", "netC")
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file, read safely: safetensors, or `torch.load(weights_only=True)` (never unpickles
+    code). A state dict wrapped in a checkpoint dict (`STATE_DICT_WRAPPERS`) is unwrapped and DataParallel's `module.`
+    prefix dropped; anything else raises ValueError."""
+    path = Path(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
         return load_file(str(path))
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure here means "not a plain tensor checkpoint"
+        raise ValueError(f"{path} is not a weights-only PyTorch checkpoint ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0][:200]}); provide a state dict saved with torch.save "
+                         f"or a .safetensors file") from None
+    for key in STATE_DICT_WRAPPERS:
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} holds no state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
 
 
 def create_model(
@@ -160,7 +179,7 @@ def create_model(
                 f"{', '.join(str(p) for p in candidates)}. Copy torchvision's file {weight_file_name(name)!r} "
                 f"(from {spec.imagenet_weights.url}) to {weight_candidates(name)[0]}, or pass weights_path=.")
         # torchvision builders take the ImageNet state dict so they can load it before swapping the head
-        kw["state_dict"] = _read_state_dict(found)
+        kw["state_dict"] = read_state_dict(found)
     return spec.builder(num_classes=num_classes, **kw)
 
 

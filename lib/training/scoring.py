@@ -22,9 +22,10 @@ from lib.data.cache import IMAGENET_MEAN, IMAGENET_STD, build_cache
 from lib.data.recipes import Recipe
 from lib.evaluation.compare import validation_thresholds
 from lib.models import create_model, list_models
-from lib.models.registry import model_info
+from lib.models.registry import model_info, read_state_dict
 from lib.paths import CACHE_DIR, RUNS_DIR
 from lib.training.fit import predict
+from lib.training.inference import run_normalization
 from lib.training.runstore import is_complete, load_run, torch_threads
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
@@ -68,11 +69,12 @@ def _run_folder(run: str, runs_dir: Path) -> Path | None:
     return None
 
 
-def load_detector(run: str, runs_dir: str | Path = RUNS_DIR, model: str = "", recipe: Recipe | None = None) -> Detector:
-    """The detector named by `run`: a run folder, a run key of `runs_dir`, or a checkpoint file (then `model` names the
-    registered architecture and `recipe` the preprocessing, default: the model's input size, native pixels for the
-    NPR family, a square resize otherwise). Raises FileNotFoundError for a missing or incomplete run and
-    CheckpointMismatch for weights that do not fit."""
+def load_detector(run: str, runs_dir: str | Path = RUNS_DIR, model: str = "", size: int = 0,
+                  mode: str = "") -> Detector:
+    """The detector named by `run`: a run folder, a run key of `runs_dir`, or a checkpoint file. For a checkpoint,
+    `model` names the registered architecture and `size` / `mode` the preprocessing (defaults: the model's input
+    size; native pixels for the NPR family, a square resize otherwise); a run brings its own. Raises
+    FileNotFoundError for a missing or incomplete run and CheckpointMismatch for weights that do not fit."""
     runs_dir = Path(runs_dir)
     folder = _run_folder(str(run), runs_dir)
     if folder is not None:
@@ -82,7 +84,7 @@ def load_detector(run: str, runs_dir: str | Path = RUNS_DIR, model: str = "", re
         return _from_run(folder)
     path = Path(run).expanduser()
     if path.is_file():
-        return _from_checkpoint(path, model, recipe)
+        return _from_checkpoint(path, model, size, mode)
     raise FileNotFoundError(f"no run {run!r}: not a run folder, not a run key in {runs_dir} "
                             f"({_count_runs(runs_dir)} runs there) and not a checkpoint file. Run keys are in the "
                             f"run_key column of reports/<profile>/tables/*_folds.csv.")
@@ -94,30 +96,12 @@ def _count_runs(runs_dir: Path) -> int:
 
 def _from_run(folder: Path) -> Detector:
     run = load_run(folder)
-    norm = run.metrics["normalization"]
+    mean, std = run_normalization(run)
     val = run.predictions[run.predictions["split"] == "val"].assign(model="run")
     threshold = float(validation_thresholds(val, "model")["run"]) if len(val) else None
     return Detector(name=f"{run.spec.model} (run {run.key})", model=run.get_model(), recipe=run.spec.recipe,
-                    mean=tuple(norm["mean"]), std=tuple(norm["std"]), threshold=threshold, origin=str(folder),
+                    mean=mean, std=std, threshold=threshold, origin=str(folder),
                     run_key=run.key, batch_size=run.spec.train.eval_batch_size, threads=run.spec.train.threads)
-
-
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        return load_file(str(path))
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)   # never unpickles code
-    except Exception as exc:  # noqa: BLE001 - any failure here means "not a plain tensor checkpoint"
-        raise CheckpointMismatch(f"{path} is not a weights-only PyTorch checkpoint ({type(exc).__name__}: "
-                                 f"{str(exc).splitlines()[0][:200]}); provide a state dict saved with torch.save "
-                                 f"or a .safetensors file") from None
-    for key in ("state_dict", "model", "model_state_dict", "netC"):   # common wrappers of a state dict
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointMismatch(f"{path} holds no state dict of tensors")
-    return {k.removeprefix("module."): v for k, v in state.items()}   # DataParallel's prefix
 
 
 def _npr_authors_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -130,14 +114,18 @@ def _npr_authors_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
 KEY_ADAPTERS = {"npr": _npr_authors_keys}
 
 
-def _from_checkpoint(path: Path, model: str, recipe: Recipe | None) -> Detector:
+def _from_checkpoint(path: Path, model: str, size: int, mode: str) -> Detector:
     if not model:
         raise ValueError(f"{path} is a checkpoint file: name its architecture (--model NAME; one of "
                          f"{', '.join(list_models())})")
     if path.suffix.lower() not in CHECKPOINT_SUFFIXES:
         raise CheckpointMismatch(f"{path}: not a checkpoint file (expected one of {', '.join(CHECKPOINT_SUFFIXES)})")
     net = create_model(model, num_classes=1)
-    state = KEY_ADAPTERS.get(model, lambda s: s)(_read_state_dict(path))
+    try:
+        state = read_state_dict(path)
+    except ValueError as exc:
+        raise CheckpointMismatch(str(exc)) from None
+    state = KEY_ADAPTERS.get(model, lambda s: s)(state)
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -151,9 +139,8 @@ def _from_checkpoint(path: Path, model: str, recipe: Recipe | None) -> Detector:
             f"{len(unexpected)} unexpected key(s) {unexpected[:4]}, {len(shapes)} shape mismatch(es) {shapes[:3]}. "
             f"Is it a checkpoint of another model, or with another head (one logit expected)?") from exc
     info = model_info(model)
-    if recipe is None:
-        mode = "native_crop" if info["family"] == "npr" else "resize"
-        recipe = Recipe(size=int(info["input_size"]), mode=mode)
+    recipe = Recipe(size=size or int(info["input_size"]),
+                    mode=mode or ("native_crop" if info["family"] == "npr" else "resize"))
     return Detector(name=f"{model} ({path.name})", model=net.eval(), recipe=recipe, mean=IMAGENET_MEAN,
                     std=IMAGENET_STD, threshold=None, origin=str(path))
 
