@@ -66,29 +66,29 @@ def require_validation(frame: pd.DataFrame, who: str) -> pd.DataFrame:
     return frame
 
 
-def _groups(frame: pd.DataFrame) -> pd.Series:
-    # a table without groups (e.g. CIFAKE-style data) treats each image as its own group
+def group_ids(frame: pd.DataFrame) -> pd.Series:
+    """Each image's group; a table without groups (e.g. CIFAKE-style data) treats each image as its own group."""
     return frame["group"].astype(str) if "group" in frame.columns else frame["path"].astype(str)
 
 
 def group_counts(frame: pd.DataFrame) -> dict[str, int]:
     """How many independent units stand behind a number: real and fake groups (a group holding both counts for
     both), images of each class."""
-    groups, labels = _groups(frame), frame["label"].astype(int)
+    groups, labels = group_ids(frame), frame["label"].astype(int)
     return {"real_groups": int(groups[labels == 0].nunique()), "fake_groups": int(groups[labels == 1].nunique()),
             "real_images": int((labels == 0).sum()), "fake_images": int((labels == 1).sum())}
 
 
 def groups_are_images(frame: pd.DataFrame) -> bool:
     """True when every group holds one image: then image-level tests (DeLong, McNemar) are valid."""
-    return bool(_groups(frame).is_unique)
+    return bool(group_ids(frame).is_unique)
 
 
 class _Resampler:
     """Bootstrap replicates of one evaluation frame: group codes, strata and counts, shared by every score on it."""
 
     def __init__(self, frame: pd.DataFrame, n_boot: int, seed: int, min_groups: int = MIN_GROUPS):
-        codes, names = pd.factorize(_groups(frame))
+        codes, names = pd.factorize(group_ids(frame))
         labels = frame["label"].astype(int).to_numpy()
         has_real = np.bincount(codes, weights=(labels == 0), minlength=len(names)) > 0
         has_fake = np.bincount(codes, weights=(labels == 1), minlength=len(names)) > 0
@@ -230,10 +230,10 @@ def compare_auc_shared_negatives(frames: pd.DataFrame, by: str, pairs: Sequence[
         reals = side_a[side_a["label"] == 0]
         fakes = both[both["label"] == 1]
         row = {"a": a, "b": b, "set": set_name, "metric": "auc",
-               "real_groups": int(_groups(reals).nunique()), "fake_groups": int(_groups(fakes).nunique()),
+               "real_groups": int(group_ids(reals).nunique()), "fake_groups": int(group_ids(fakes).nunique()),
                "real_images": int(len(reals)), "fake_images": int(len(fakes)),
-               "fake_groups_a": int(_groups(side_a[side_a["label"] == 1]).nunique()),
-               "fake_groups_b": int(_groups(side_b[side_b["label"] == 1]).nunique())}
+               "fake_groups_a": int(group_ids(side_a[side_a["label"] == 1]).nunique()),
+               "fake_groups_b": int(group_ids(side_b[side_b["label"] == 1]).nunique())}
         if not shared or not row["fake_groups_a"] or not row["fake_groups_b"]:
             rows.append(row | {"note": "no shared real images, or a side without fakes"})
             diffs.append(None)

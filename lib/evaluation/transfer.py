@@ -18,17 +18,13 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
-from lib.evaluation.compare import MIN_GROUPS, N_BOOT, frame_intervals, group_counts
+from lib.evaluation.compare import MIN_GROUPS, N_BOOT, frame_intervals, group_counts, group_ids
 from lib.evaluation.metrics import equal_error_rate
 from lib.evaluation.stats import cluster_bootstrap_counts, percentile_interval, weighted_mean
 
 RATE_NAMES = {0: "false_positive_rate", 1: "detection_rate"}
 COLUMNS = ["metric", "threshold_name", "threshold", "estimate", "ci_low", "ci_high", "real_groups", "fake_groups",
            "real_images", "fake_images", "note"]
-
-
-def _groups(frame: pd.DataFrame) -> pd.Series:
-    return frame["group"].astype(str) if "group" in frame.columns else frame["path"].astype(str)
 
 
 def rate_interval(frame: pd.DataFrame, threshold: float, n_boot: int = N_BOOT, seed: int = 0,
@@ -39,7 +35,7 @@ def rate_interval(frame: pd.DataFrame, threshold: float, n_boot: int = N_BOOT, s
     if len(labels) != 1:
         raise ValueError(f"rate_interval needs images of one class, got labels {sorted(labels.tolist())}")
     called_fake = (frame["probability"].to_numpy(dtype=float) >= threshold).astype(float)
-    codes, names = pd.factorize(_groups(frame))
+    codes, names = pd.factorize(group_ids(frame))
     enough = len(names) >= min_groups
     low = high = math.nan
     if enough:

@@ -166,11 +166,10 @@ def score_external(models: pd.DataFrame, cut: pd.Series, root: str, layout: str 
     for detector, frame in predictions.groupby("detector", sort=False):
         named = {"validation": float(cut.get(detector, 0.5)), "0.5": 0.5}
         metrics.append(folder_metrics(frame, named, n_boot).assign(detector=detector))
-        if (frame["label"] == 1).any():
-            generators.append(per_generator(frame, named["validation"], n_boot).assign(detector=detector))
+        generators.append(per_generator(frame, named["validation"], n_boot).assign(detector=detector))
     return {"predictions": predictions.assign(root=str(dataset.root)),
             "metrics": pd.concat(metrics, ignore_index=True).assign(root=str(dataset.root)),
-            "per_generator": pd.concat(generators, ignore_index=True) if generators else pd.DataFrame(),
+            "per_generator": pd.concat(generators, ignore_index=True),
             "skipped": skipped if skipped is not None else pd.DataFrame()}
 
 
