@@ -32,7 +32,21 @@ DEFAULT_SEVERITIES: dict[str, tuple[float, ...]] = {
     "noise": (2.0, 5.0, 10.0, 20.0),
 }
 
+# The severity at which each kind changes nothing (the clean point of a sweep's curve), and the kinds whose severity
+# number falls as they grow stronger.
+IDENTITY: dict[str, float] = {"jpeg": 100.0, "blur": 0.0, "resize": 1.0, "noise": 0.0}
+DESCENDING = ("jpeg", "resize")
+
 _RESAMPLE = Image.Resampling.BILINEAR  # the resampling filter the recipes use, antialiased when shrinking
+
+
+def jpeg_reencode(pil: Image.Image, quality: int) -> Image.Image:
+    """The image saved as JPEG at ``quality`` (PIL's default 4:2:0 chroma subsampling) and decoded again, as RGB."""
+    buf = io.BytesIO()
+    pil.save(buf, format="JPEG", quality=int(quality))
+    buf.seek(0)
+    with Image.open(buf) as decoded:
+        return decoded.convert("RGB")
 
 
 @dataclass(frozen=True)
@@ -73,6 +87,11 @@ class Perturbation:
     def __str__(self) -> str:
         return self.spec
 
+    @property
+    def strength(self) -> float:
+        """How far the severity is from the kind's identity (`IDENTITY`): larger is stronger, for every kind."""
+        return abs(self.severity - IDENTITY[self.kind])
+
     @classmethod
     def parse(cls, text: str) -> "Perturbation":
         """The perturbation named by ``text`` (``"kind:severity"``, the form ``spec`` writes)."""
@@ -98,11 +117,7 @@ class Perturbation:
             return self._noise(img)
         pil = Image.fromarray(img)
         if self.kind == "jpeg":
-            buf = io.BytesIO()
-            pil.save(buf, format="JPEG", quality=int(self.severity))  # PIL's default chroma subsampling (4:2:0)
-            buf.seek(0)
-            with Image.open(buf) as decoded:
-                out = decoded.convert("RGB")
+            out = jpeg_reencode(pil, int(self.severity))
         elif self.kind == "blur":
             # PIL's GaussianBlur ``radius`` IS the Gaussian's standard deviation (Pillow docs; its extended box blur
             # approximates that Gaussian: an impulse blurred at radius 0.5/1/2/3 measures a std of 0.49/0.97/2.03/2.91).

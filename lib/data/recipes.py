@@ -6,14 +6,13 @@ with it, so two runs share decoded pixels exactly when they share the recipe.
 
 from __future__ import annotations
 
-import io
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
 
-from lib.data.perturbations import Perturbation
+from lib.data.perturbations import Perturbation, jpeg_reencode
 from lib.fileio import stable_hash
 
 MODES = ("resize", "center_crop", "letterbox", "face", "native_crop")
@@ -115,7 +114,7 @@ class Recipe:
             img = Perturbation.parse(self.perturbation).apply(img)
         pil = Image.fromarray(img)
         if self.jpeg_quality:
-            pil = _jpeg_reencode(pil, self.jpeg_quality)
+            pil = jpeg_reencode(pil, self.jpeg_quality)
         s = self.size
         if self.mode == "native_crop":
             if pil.width < s or pil.height < s:
@@ -157,14 +156,6 @@ class Recipe:
         left = min(max(cx - side / 2, 0.0), width - side)
         top = min(max(cy - side / 2, 0.0), height - side)
         return (left, top, left + side, top + side)
-
-
-def _jpeg_reencode(pil: Image.Image, quality: int) -> Image.Image:
-    buf = io.BytesIO()
-    pil.save(buf, format="JPEG", quality=int(quality))
-    buf.seek(0)
-    with Image.open(buf) as decoded:
-        return decoded.convert("RGB")
 
 
 def _center_square(pil: Image.Image) -> Image.Image:

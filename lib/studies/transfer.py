@@ -26,7 +26,7 @@ import pandas as pd
 
 from lib.data.dataset import load_dataset
 from lib.data.layouts import content_classes
-from lib.data.perturbations import Perturbation, grid_from_params
+from lib.data.perturbations import DESCENDING, IDENTITY, Perturbation, grid_from_params
 from lib.data.splits import test_indices
 from lib.evaluation import compare
 from lib.evaluation.compare import N_BOOT
@@ -39,8 +39,6 @@ from lib.training.runstore import collect_predictions
 from lib.training.scoring import load_detector, score_dataset, score_images
 
 CLEAN = "clean"
-# Where each kind of perturbation is the identity, for the clean point of its curve.
-CLEAN_SEVERITY = {"jpeg": 100.0, "blur": 0.0, "resize": 1.0, "noise": 0.0}
 # The fold tables the detectors come from: (notebook, file, column naming the detector, what it was trained on).
 SOURCES = (("06 final", "phase4_final_folds.csv", "model", "all sources"),
            ("08 H2", "npr_h2_folds.csv", "condition", "all sources"),
@@ -220,7 +218,7 @@ def robustness_table(robust: pd.DataFrame, cut: pd.Series, n_boot: int = N_BOOT)
     for (detector, condition), frame in robust.groupby(["detector", "condition"], sort=False):
         head = frame.iloc[0]
         for row in compare.frame_intervals(frame, ("auc", "ap", "accuracy"), float(cut.get(detector, 0.5)), n_boot):
-            kinds = CLEAN_SEVERITY.items() if condition == CLEAN else [(head["kind"], head["severity"])]
+            kinds = IDENTITY.items() if condition == CLEAN else [(head["kind"], head["severity"])]
             for kind, severity in kinds:
                 rows.append({"detector": detector, "condition": condition, "kind": kind, "severity": severity, **row})
     return pd.DataFrame(rows)
@@ -232,7 +230,7 @@ def robustness_pairs(robust: pd.DataFrame) -> list[tuple[str, str]]:
     perturbed = robust[robust["condition"] != CLEAN].drop_duplicates(["detector", "condition"])
     pairs = []
     for (detector, kind), frame in perturbed.groupby(["detector", "kind"], sort=False):
-        strongest = frame.sort_values("severity", ascending=(kind == "jpeg") or (kind == "resize")).iloc[0]
+        strongest = frame.loc[frame["condition"].map(lambda c: Perturbation.parse(c).strength).idxmax()]
         pairs.append((f"{detector} | {CLEAN}", f"{detector} | {strongest['condition']}"))
     return pairs
 
@@ -248,7 +246,7 @@ def robustness_figure(table: pd.DataFrame, metric: str = "auc", path: str | Path
     """`metric` against severity, one panel per kind, one line per detector with its 95 % group-bootstrap band."""
     import matplotlib.pyplot as plt
 
-    kinds = [k for k in CLEAN_SEVERITY if k in set(table["kind"])]
+    kinds = [k for k in IDENTITY if k in set(table["kind"])]
     fig, axes = plt.subplots(1, len(kinds), figsize=(3.6 * len(kinds), 3.2), squeeze=False, sharey=True)
     part = table[table["metric"] == metric]
     for ax, kind in zip(axes[0], kinds):
@@ -258,7 +256,7 @@ def robustness_figure(table: pd.DataFrame, metric: str = "auc", path: str | Path
             ax.fill_between(frame["severity"], frame["ci_low"], frame["ci_high"], alpha=0.08)
         ax.set_title({"jpeg": "JPEG quality", "blur": "Gaussian blur sigma (px)", "resize": "down-up resize factor",
                       "noise": "Gaussian noise sigma (0-255)"}[kind])
-        if kind in ("jpeg", "resize"):
+        if kind in DESCENDING:
             ax.invert_xaxis()   # stronger to the right in every panel
         ax.axhline(0.5, color="grey", lw=0.8, ls=":")
         ax.set_xlabel("severity (stronger to the right)")
@@ -318,12 +316,10 @@ def conclusions(unseen: pd.DataFrame, family: pd.DataFrame, external: Sequence[p
 def headline(table: pd.DataFrame, grid: Sequence[Perturbation]) -> pd.DataFrame:
     """AUC per detector: clean and at the strongest severity of each kind, with intervals."""
     auc = table[table["metric"] == "auc"]
-    strongest = {}
+    strongest: dict[str, Perturbation] = {}
     for p in grid:
-        current = strongest.get(p.kind)
-        harder = current is None or ((p.severity < current.severity) if p.kind in ("jpeg", "resize")
-                                     else (p.severity > current.severity))
-        strongest[p.kind] = p if harder else current
+        if p.kind not in strongest or p.strength > strongest[p.kind].strength:
+            strongest[p.kind] = p
     columns = {CLEAN: "clean"} | {p.spec: p.spec for p in strongest.values()}
     rows = []
     for detector, frame in auc.groupby("detector", sort=False):

@@ -203,3 +203,12 @@ def test_the_run_store_refuses_to_train_on_a_perturbed_recipe(study, monkeypatch
     with pytest.raises(ValueError, match="test time only"):
         train_or_load(spec, study.dataset, study.splits, runs_dir=study.runs, progress=False, cache_dir=study.cache)
     assert not study.runs.exists() and not study.cache.exists()
+
+
+def test_strength_grows_with_every_kind_whichever_way_its_severity_runs():
+    from lib.data.perturbations import IDENTITY, Perturbation
+
+    for kind, severities in DEFAULT_SEVERITIES.items():   # each tuple runs from mild to strong
+        strengths = [Perturbation(kind, s).strength for s in severities]
+        assert strengths == sorted(strengths) and len(set(strengths)) == len(strengths) and min(strengths) > 0
+    assert set(IDENTITY) == set(KINDS)

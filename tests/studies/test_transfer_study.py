@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 import lib.training.scoring as scoring
-from lib.data.perturbations import Perturbation
+from lib.data.perturbations import IDENTITY, Perturbation
 from lib.data.recipes import Recipe
 from lib.executors import LocalExecutor
 from lib.studies import transfer as tr
@@ -56,7 +56,7 @@ def test_the_table_has_a_clean_point_per_kind_and_the_family_pairs_clean_with_th
     robust = tr.robustness_predictions(view, models, grid, runs_dir=study.runs, cache_dir=study.cache, progress=False)
     table = tr.robustness_table(robust, pd.Series({"simple_cnn": 0.5}), n_boot=100)
     clean = table[(table["condition"] == "clean") & (table["metric"] == "auc")]
-    assert dict(zip(clean["kind"], clean["severity"])) == tr.CLEAN_SEVERITY
+    assert dict(zip(clean["kind"], clean["severity"])) == IDENTITY
     assert tr.robustness_pairs(robust) == [("simple_cnn | clean", "simple_cnn | jpeg:30"),
                                            ("simple_cnn | clean", "simple_cnn | resize:0.25")]
     family = tr.robustness_family(robust, n_boot=100)
