@@ -371,7 +371,7 @@ def content_classes(paths, root: str | Path) -> list[str]:
     """Content class of each image read from its folders: the innermost folder below ``root`` that names neither a
     split nor a class (``cifar10/cat/1.png`` -> "cat", ``progan/car/0_real/1.png`` -> "car"); "" when there is none."""
     root = Path(root).resolve()
-    skip = SPLIT_NAMES | REAL_NAMES | FAKE_NAMES | {"real", "fake"}
+    skip = SPLIT_NAMES | REAL_NAMES | FAKE_NAMES   # lower-case names; CIFAKE's REAL/FAKE match once lowered
     out = []
     for path in paths:
         folders = [p for p in Path(path).relative_to(root).parts[:-1] if p.lower() not in skip]

@@ -151,7 +151,7 @@ def score_external(models: pd.DataFrame, cut: pd.Series, root: str, layout: str 
     """Every detector (the mean of its fold models) on the folder `root` (any layout, one class is enough): predictions,
     `folder_metrics` and `per_generator` tables, each with a detector column, and the skipped files."""
     dataset = load_dataset(root, layout, progress=progress, allow_one_class=True)
-    preds, skipped = [], None
+    preds = []
     for detector, runs in tqdm(list(models.groupby("detector", sort=False)), desc="external", disable=not progress):
         frames = []
         for key in runs["run_key"]:
@@ -168,7 +168,7 @@ def score_external(models: pd.DataFrame, cut: pd.Series, root: str, layout: str 
     return {"predictions": predictions.assign(root=str(dataset.root)),
             "metrics": pd.concat(metrics, ignore_index=True).assign(root=str(dataset.root)),
             "per_generator": pd.concat(generators, ignore_index=True),
-            "skipped": skipped if skipped is not None else pd.DataFrame()}
+            "skipped": skipped}   # the same for every fold model: the dataset's and its recipe's
 
 
 # ------------------------------------------------------------------------------------------------ robustness
